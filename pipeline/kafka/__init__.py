@@ -1,0 +1,1 @@
+"""Kafka at the edges: the embedded broker, clients, topic administration and `tail`."""
