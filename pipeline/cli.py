@@ -17,7 +17,7 @@ from pipeline import __version__
 from pipeline.errors import ConfigError, TwinError
 from pipeline.settings import load_settings
 
-COMMANDS = ("broker", "topics", "tail", "schemas", "site", "db", "sql", "demo")
+COMMANDS = ("broker", "topics", "tail", "schemas", "site", "db", "sql", "demo", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -42,6 +42,15 @@ class SecurityPolicy(StrEnum):
     AES256_SHA256_RSAPSS = "Aes256_Sha256_RsaPss"
 
 
+def _url_ok(value: str, schemes: tuple[str, ...]) -> bool:
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - reading it validates it
+    except ValueError:
+        return False
+    return parts.scheme in schemes and bool(parts.hostname)
+
+
 def _none_word(value: object) -> object:
     # YAML `null` and the OPC UA word "None" mean the same here.
     return "None" if value is None else value
@@ -92,8 +101,7 @@ class OpcUaSource(SiteModel):
     @field_validator("endpoint")
     @classmethod
     def _opc_tcp(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme != "opc.tcp" or not parts.hostname:
+        if not _url_ok(value, ("opc.tcp",)):
             raise ValueError(f"expected opc.tcp://host:port/path, got {value!r}")
         return value
 
@@ -122,8 +130,7 @@ class MqttSource(SiteModel):
     @field_validator("broker")
     @classmethod
     def _mqtt_url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        if not _url_ok(value, ("mqtt", "mqtts")):
             raise ValueError(f"expected mqtt://host:port or mqtts://host:port, got {value!r}")
         return value
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from pipeline import PROJECT_ROOT
 from pipeline.commands import site as site_command
@@ -21,9 +22,13 @@ from pipeline.errors import ConfigError
 from pipeline.settings import load_settings
 from pipeline.site import (
     MachineState,
+    ModbusAssetBinding,
     ModbusSignalBinding,
+    MqttAssetBinding,
     MqttSignalBinding,
+    OpcUaAssetBinding,
     OpcUaSignalBinding,
+    OpcUaSource,
     SignalKind,
     Site,
     SourceKind,
@@ -158,6 +163,13 @@ def test_process_noise_is_taken_or_derived(site: Site) -> None:
     assert cnc.signal("spindle_speed").process_noise_density == pytest.approx((4000 / 3) ** 2)
 
 
+def test_loaded_models_are_frozen(site: Site) -> None:
+    with pytest.raises(ValidationError):
+        site.spec.kafka.partitions = 8
+    with pytest.raises(AttributeError):
+        site.asset("cnc-01").signal("feed_rate").max_rate = 1.0  # type: ignore[misc]
+
+
 # --- resolved bindings ---------------------------------------------------------------------
 
 
@@ -175,8 +187,26 @@ def test_opcua_node_ids_from_templates_and_overrides(site: Site) -> None:
     assert isinstance(retrofit, OpcUaSignalBinding)
     assert retrofit.node_id(2) == "ns=2;s=Retrofit/cnc-04/Spindle.Speed"  # the asset's own
     binding = site.asset("cnc-01").binding
-    assert binding.source.kind == "opcua"
-    assert binding.source.endpoint == "opc.tcp://127.0.0.1:4840/twinline"  # type: ignore[union-attr]
+    assert isinstance(binding, OpcUaAssetBinding)
+    assert binding.source.endpoint == "opc.tcp://127.0.0.1:4840/twinline"
+    assert binding.publishing_interval == timedelta(milliseconds=500)
+
+
+def test_opcua_certificates_are_relative_to_the_site_file(
+    tmp_path: Path, demo_data: dict[str, Any]
+) -> None:
+    def secure(d: dict[str, Any]) -> None:
+        d["sources"]["opcua-line1"]["security"] = {
+            "mode": "SignAndEncrypt",
+            "policy": "Basic256Sha256",
+            "certificate": "pki/client.der",
+            "private_key": "/etc/twin/client.pem",
+        }
+
+    source = load_site(write_variant(tmp_path, demo_data, secure)).source("opcua-line1")
+    assert isinstance(source, OpcUaSource)
+    assert source.security.certificate == tmp_path / "pki" / "client.der"
+    assert source.security.private_key == Path("/etc/twin/client.pem")
 
 
 def test_modbus_addresses_include_the_asset_offset(site: Site) -> None:
@@ -210,24 +240,27 @@ def test_modbus_register_coding_round_trips(site: Site) -> None:
 
 def test_modbus_read_spans_cover_every_register(site: Site) -> None:
     binding = site.asset("pump-02").binding
-    spans = binding.read_spans()  # type: ignore[union-attr]
+    assert isinstance(binding, ModbusAssetBinding)
+    spans = binding.read_spans()
     assert [(str(t), start, count) for t, start, count in spans] == [("input", 100, 12)]
 
 
 def test_mqtt_topics_fields_and_payloads(site: Site) -> None:
-    conv1, conv2 = site.asset("conv-01"), site.asset("conv-02")
-    assert conv1.binding.topic == "plant/line-1/conv-01/telemetry"  # type: ignore[union-attr]
-    assert conv2.binding.topic == "sensors/conv-02/state"  # type: ignore[union-attr]
-    current = conv1.signal_binding("motor_current")
+    conv1, conv2 = site.asset("conv-01").binding, site.asset("conv-02").binding
+    assert isinstance(conv1, MqttAssetBinding) and isinstance(conv2, MqttAssetBinding)
+    assert conv1.topic == "plant/line-1/conv-01/telemetry"
+    assert conv2.topic == "sensors/conv-02/state"
+    assert conv1.qos == 1 and conv1.source.broker == "mqtt://127.0.0.1:1883"
+    current = conv1.signals["motor_current"]
     assert isinstance(current, MqttSignalBinding)
     assert current.json_field == "motor.current"
     ts = datetime(2024, 5, 1, 12, 0, 0, 250_000, tzinfo=UTC)
-    payload = conv1.binding.payload(ts, {"motor_current": 12.5, "belt_speed": 1.2})  # type: ignore[union-attr]
+    payload = conv1.payload(ts, {"motor_current": 12.5, "belt_speed": 1.2})
     assert payload == {"ts": 1714564800250, "motor": {"current": 12.5}, "speed": 1.2}
     decoded = json.loads(json.dumps(payload))
     assert current.extract(decoded) == 12.5
-    assert conv1.signal_binding("items_total").extract(decoded) is None  # type: ignore[union-attr]
-    assert conv1.binding.timestamp(decoded) == ts  # type: ignore[union-attr]
+    assert conv1.signals["items_total"].extract(decoded) is None
+    assert conv1.timestamp(decoded) == ts
 
 
 def test_timestamp_formats() -> None:
@@ -375,6 +408,10 @@ def _quality_without_counters(d: dict[str, Any]) -> None:
     )
 
 
+def _sign_without_certificate(d: dict[str, Any]) -> None:
+    d["sources"]["opcua-line1"]["security"] = {"mode": "Sign", "policy": "Basic256Sha256"}
+
+
 def _bad_placeholder(d: dict[str, Any]) -> None:
     d["sources"]["mqtt-plant"]["topic"] = "plant/{cell}/{asset}"
 
@@ -411,6 +448,11 @@ def _bad_placeholder(d: dict[str, Any]) -> None:
         (_override_outside, "assets[7].signals.flow.expected", "outside the physical range 0..800"),
         (_quality_without_counters, "alerts[14].kpi", "quality is never computed"),
         (_bad_placeholder, "sources.mqtt-plant.topic", "unknown placeholder {cell}"),
+        (
+            _sign_without_certificate,
+            "sources.opcua-line1.security",
+            "mode Sign needs certificate and private_key",
+        ),
     ],
 )
 def test_a_bad_file_names_file_field_and_reason(
@@ -529,7 +571,11 @@ def test_site_show_json_is_one_object(capsys: pytest.CaptureFixture[str]) -> Non
 def test_site_check_of_a_bad_file_raises_one_line_per_problem(
     tmp_path: Path, demo_data: dict[str, Any], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bad = write_variant(tmp_path, demo_data, lambda d: (_unknown_type(d), _bad_duration(d)))
+    def two(d: dict[str, Any]) -> None:
+        _unknown_type(d)
+        _bad_duration(d)
+
+    bad = write_variant(tmp_path, demo_data, two)
     with pytest.raises(ConfigError) as caught:
         _local_cli(["site", "check", "--site", str(bad), "--json"])
     assert len(caught.value.lines()) == 2

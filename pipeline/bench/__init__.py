@@ -1,0 +1,1 @@
+"""`twin bench`: performance measured as ratios against a baseline run in the same process."""
