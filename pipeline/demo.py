@@ -92,7 +92,9 @@ def run_demo(settings: Settings, site: Site, progress: Progress, hold: bool = Fa
         report = DemoReport(kafka.kafka_bootstrap, embedded, redact_dsn(kafka.clickhouse_url()))
         progress("creating topics")
         report.topics = create_topics(
-            admin_client(kafka), site.topic_prefix, site.kafka.partitions,
+            admin_client(kafka),
+            site.topic_prefix,
+            site.kafka.partitions,
             site.kafka.replication_factor,
         )
         progress(f"migrating ClickHouse at {report.clickhouse}")

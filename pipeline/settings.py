@@ -44,9 +44,9 @@ class Settings(BaseSettings):
             return self.clickhouse_dsn.get_secret_value()
         return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
-    def librdkafka(self) -> dict[str, str]:
+    def librdkafka(self) -> dict[str, str | int | float | bool]:
         """Client settings for confluent-kafka: bootstrap plus the pass-through settings."""
-        conf = {"bootstrap.servers": self.kafka_bootstrap}
+        conf: dict[str, str | int | float | bool] = {"bootstrap.servers": self.kafka_bootstrap}
         for item in filter(None, (p.strip() for p in self.kafka_config.split(";"))):
             key, sep, value = item.partition("=")
             if not sep or not key.strip():

@@ -84,7 +84,9 @@ def _rate(n: int, fn: Callable[[], object], rounds: int) -> float:
     return n / best
 
 
-def run_serde_bench(frames: int = 2000, readings_per_frame: int = 50, rounds: int = 5) -> SerdeBench:
+def run_serde_bench(
+    frames: int = 2000, readings_per_frame: int = 50, rounds: int = 5
+) -> SerdeBench:
     serde = AvroSerde.local()
     schema = SchemaCatalog.load().latest("telemetry_frame").parsed
     records = workload(frames, readings_per_frame)

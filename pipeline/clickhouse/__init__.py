@@ -18,12 +18,14 @@ from pipeline.clickhouse.migrate import (
     migration_status,
 )
 from pipeline.clickhouse.query import TableInfo, list_tables, run_query
+from pipeline.clickhouse.rollups import RebuiltRange, rebuild_rollups
 
 __all__ = [
     "MIGRATIONS_DIR",
     "Migration",
     "MigrationResult",
     "MigrationStatus",
+    "RebuiltRange",
     "TableInfo",
     "batch_token",
     "dsn_database",
@@ -34,6 +36,7 @@ __all__ = [
     "migrate",
     "migration_status",
     "open_client",
+    "rebuild_rollups",
     "redact_dsn",
     "run_query",
 ]

@@ -52,9 +52,13 @@ def open_client(dsn: str, *, create_database: bool = False) -> Client:
             ) from exc
     try:
         client = _connect(dsn, "default")
+    except DriverError as exc:
+        raise _open_error(dsn, exc) from exc
+    try:
         client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
         client.database = database
     except DriverError as exc:
+        client.close()
         raise _open_error(dsn, exc) from exc
     return client
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from pipeline.bench.serde import run_serde_bench
-from pipeline.commands import add_json_option, print_json
+from pipeline.commands import Subparsers, add_json_option, print_json
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "bench",
         help="measure throughput (ratios against a baseline in the same run)",

@@ -7,11 +7,12 @@ import signal
 import sys
 from types import FrameType
 
+from pipeline.commands import Subparsers
 from pipeline.kafka.broker import DEFAULT_PORT, EmbeddedBroker
 from pipeline.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "broker",
         help="run the embedded Kafka broker (Tansu, in memory) on 127.0.0.1",

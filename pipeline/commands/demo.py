@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.commands import add_json_option, add_site_option, print_json
+from pipeline.commands import Subparsers, add_json_option, add_site_option, print_json
 from pipeline.demo import DemoReport, run_demo
 from pipeline.settings import Settings
 from pipeline.site import load_site
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "demo",
         help="run the stack on this machine (embedded broker and ClickHouse) and summarise",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from pipeline.clickhouse import open_client, run_query
 from pipeline.clickhouse.format import FORMATS, render
@@ -11,8 +12,11 @@ from pipeline.clickhouse.statements import single_statement
 from pipeline.errors import ClickHouseError, ConfigError
 from pipeline.settings import Settings
 
+if TYPE_CHECKING:
+    from pipeline.commands import Subparsers
 
-def register(sub: argparse._SubParsersAction) -> None:
+
+def register(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "sql",
         help="run a SQL statement against ClickHouse and print the result",

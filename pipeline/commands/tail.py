@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipeline.commands import add_site_option
+from pipeline.commands import Subparsers, add_site_option
 from pipeline.errors import ConfigError
 from pipeline.kafka.tail import tail
 from pipeline.serde import AvroSerde
@@ -14,7 +14,7 @@ from pipeline.site import load_site
 from pipeline.topics import TOPICS
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = sub.add_parser(
         "tail",
         help="print decoded records of a topic",

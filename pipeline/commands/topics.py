@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.commands import add_json_option, add_site_option, print_json
+from pipeline.commands import Subparsers, add_json_option, add_site_option, print_json
 from pipeline.kafka.clients import admin_client
 from pipeline.kafka.topics import TopicState, create_topics, describe_topics
 from pipeline.settings import Settings
 from pipeline.site import load_site
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
     parser = sub.add_parser("topics", help="create or list Kafka topics")
     topics = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     create = topics.add_parser(

@@ -106,9 +106,10 @@ def _messages(consumer: Consumer, idle_s: float) -> Iterator[Any]:
         message = consumer.poll(min(0.5, idle_s))
         if message is None:
             continue
-        if message.error():
-            if message.error().fatal():
-                raise TwinError(f"consumer failed: {message.error().str()}")
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise TwinError(f"consumer failed: {error.str()}")
             continue  # partition EOF and transient errors: keep waiting
         last = time.monotonic()
         yield message

@@ -6,7 +6,7 @@ import re
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 from pipeline.errors import ConfigError
 
@@ -89,8 +89,15 @@ def _not_negative(value: timedelta) -> timedelta:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration_input), AfterValidator(_not_negative)]
+# In JSON, durations are written back the way the file writes them, so a dump loads again.
+_AS_TEXT = PlainSerializer(format_duration, return_type=str, when_used="json")
+
+Duration = Annotated[
+    timedelta, BeforeValidator(_duration_input), AfterValidator(_not_negative), _AS_TEXT
+]
 """A duration of zero or more, written like "500ms" or "1m"."""
 
-PositiveDuration = Annotated[timedelta, BeforeValidator(_duration_input), AfterValidator(_positive)]
+PositiveDuration = Annotated[
+    timedelta, BeforeValidator(_duration_input), AfterValidator(_positive), _AS_TEXT
+]
 """A duration longer than zero, written like "500ms" or "1m"."""

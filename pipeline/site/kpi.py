@@ -46,7 +46,8 @@ class KpiSettings(SiteModel):
     hopping: HoppingWindow | None = None
     """An extra hopping window (e.g. 5m every 1m), emitted alongside the tumbling one."""
     allowed_lateness: Duration = timedelta(seconds=30)
-    """A closed window is re-emitted (higher version) for data this late; later data is dropped."""
+    """A closed window is re-emitted (higher version) for data up to this late; data later
+    than that no longer changes it."""
     watermark: Watermark = Watermark()
 
 

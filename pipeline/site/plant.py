@@ -109,6 +109,7 @@ class Site:
     """Every asset, in file order."""
     _assets: Mapping[str, Asset] = field(repr=False)
     _rule_assets: Mapping[str, tuple[str, ...]] = field(repr=False)
+    _asset_rules: Mapping[str, tuple[AlertRule, ...]] = field(repr=False)
 
     @property
     def name(self) -> str:
@@ -190,4 +191,4 @@ class Site:
 
     def rules_for(self, asset_id: str) -> tuple[AlertRule, ...]:
         """The alert rules that cover an asset, in file order."""
-        return tuple(r for r in self.spec.alerts if asset_id in self._rule_assets[r.id])
+        return self._asset_rules.get(asset_id, ())

@@ -188,6 +188,7 @@ def build_site(spec: SiteSpec, path: Path | None = None) -> Site:
         for line_id, line in spec.lines.items()
     }
     assets = tuple(_asset(spec, a, types, lines) for a in spec.assets)
+    rule_assets = {r.id: rule_targets(r, spec.assets) for r in spec.alerts}
     return Site(
         spec=spec,
         path=path,
@@ -195,7 +196,10 @@ def build_site(spec: SiteSpec, path: Path | None = None) -> Site:
         asset_types=types,
         assets=assets,
         _assets={a.id: a for a in assets},
-        _rule_assets={r.id: rule_targets(r, spec.assets) for r in spec.alerts},
+        _rule_assets=rule_assets,
+        _asset_rules={
+            a.id: tuple(r for r in spec.alerts if a.id in rule_assets[r.id]) for a in assets
+        },
     )
 
 

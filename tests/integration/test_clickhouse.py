@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from pipeline.clickhouse import (
     migrate,
     migration_status,
     open_client,
+    rebuild_rollups,
     run_query,
 )
 from pipeline.errors import ClickHouseError
@@ -269,6 +271,37 @@ def test_rollups_cover_good_readings_and_count_every_reading(db: Client) -> None
     assert scalar(db, "SELECT sum(count_all) FROM readings_1h_v WHERE signal = 'temp'") == 9
 
 
+def rollup_rows(client: Client) -> list[tuple[Any, ...]]:
+    """Every finalized rollup row, floats rounded (summation order may differ)."""
+    rows: list[tuple[Any, ...]] = []
+    for view in ("readings_1m_v", "readings_1h_v"):
+        for row in run_query(client, f"SELECT '{view}', * FROM {view} ORDER BY ALL")[1]:
+            rows.append(tuple(round(v, 9) if isinstance(v, float) else v for v in row))
+    return rows
+
+
+def test_rebuilt_rollups_undo_a_recut_replay(db: Client) -> None:
+    hour = MINUTE.replace(minute=0)
+    batch = [reading("temp", (hour - MINUTE).total_seconds(), 7.0, seq=0)]
+    batch += [
+        reading("temp", s, float(s % 4), "BAD" if s == 5 else "GOOD", seq=s) for s in range(1, 11)
+    ]
+    insert_readings(db, batch, batch_token("telemetry.valid", {0: (0, 10)}))
+    exact = rollup_rows(db)
+    # Replayed in other batches: readings collapse, the rollups count the replay again.
+    insert_readings(db, batch[4:], batch_token("telemetry.valid", {0: (4, 10)}))
+    assert scalar(db, "SELECT count() FROM readings FINAL") == 11
+    assert scalar(db, "SELECT sum(count_all) FROM readings_1h_v") == 18
+
+    for _ in range(2):  # a second rebuild of the same range changes nothing
+        rebuilt = rebuild_rollups(db, MINUTE, MINUTE + timedelta(minutes=1))
+        assert (rebuilt.start, rebuilt.readings) == (hour, 11)
+        assert rollup_rows(db) == exact
+
+    with pytest.raises(ClickHouseError, match="stored only since"):
+        rebuild_rollups(db, hour - timedelta(hours=1), hour)
+
+
 # --- KPI windows, alerts and the other record tables -------------------------------------
 
 KPI_COLUMNS = [
@@ -405,6 +438,51 @@ def test_states_anomalies_and_dead_letters_take_their_records(db: Client) -> Non
     ] == [("undecodable", len(payload), 41)]
 
 
+# --- the analyst's guide ------------------------------------------------------------------
+
+GUIDE = PROJECT_ROOT / "docs" / "clickhouse.md"
+
+
+def guide_queries() -> list[str]:
+    return re.findall(r"```sql\n(.*?)```", GUIDE.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+def test_every_query_of_the_guide_runs(db: Client) -> None:
+    queries = guide_queries()
+    assert len(queries) >= 10
+    for query in queries:
+        run_query(db, query)  # raises ClickHouseError if the schema and the guide disagree
+
+
+def test_guide_oee_per_hour_weights_windows_by_length(db: Client) -> None:
+    yesterday = datetime.now(UTC).replace(hour=10, minute=0, second=0, microsecond=0)
+    yesterday -= timedelta(days=1)
+
+    def window(asset: str, minute: int, minutes: int, version: int, oee: float) -> dict[str, Any]:
+        row = kpi_window(asset, version, oee, 100)
+        row["window_start"] = yesterday + timedelta(minutes=minute)
+        row["window_end"] = row["window_start"] + timedelta(minutes=minutes)
+        return row
+
+    windows = [
+        window("press-1", 0, 30, 1, 0.5),
+        window("press-1", 30, 30, 1, 0.7),
+        window("press-1", 30, 30, 2, 0.9),  # re-emitted: replaces 0.7
+        window("press-2", 0, 60, 1, 0.6),
+    ]
+    hopping = window("press-2", 15, 60, 1, 0.0) | {"window_kind": "HOPPING"}
+    for offset, row in enumerate([*windows, hopping]):
+        token = batch_token("twin.kpi", {0: (offset, offset)})
+        insert_rows(db, "kpi_windows", KPI_COLUMNS, columnar([row], KPI_COLUMNS), token)
+
+    per_asset, per_line = [q for q in guide_queries() if "line_id = 'line1'" in q]
+    assert run_query(db, per_asset)[1] == [
+        (yesterday, "press-1", 0.7, 200, 196),
+        (yesterday, "press-2", 0.6, 100, 98),
+    ]
+    assert run_query(db, per_line)[1] == [(yesterday, 0.65)]
+
+
 # --- the CLI ----------------------------------------------------------------------------
 
 
@@ -440,6 +518,14 @@ def test_twin_db_migrate_and_status(tmp_path: Path) -> None:
     assert status.returncode == 0, status.stderr
     body = json.loads(status.stdout)
     assert (body["applied"], body["pending"], body["changed"]) == (6, 0, 0)
+
+    start = MINUTE.isoformat()
+    empty = twin(path, "db", "rebuild-rollups", "--from", start, "--to", start)
+    assert empty.returncode == 1
+    assert "no readings are stored" in empty.stderr
+    naive = twin(path, "db", "rebuild-rollups", "--from", "2024-05-01T00:00", "--to", start)
+    assert naive.returncode == 2
+    assert "give a timezone" in naive.stderr
 
 
 def test_twin_sql_formats_and_errors(tmp_path: Path) -> None:

@@ -83,7 +83,9 @@ def test_a_produced_frame_reads_back_through_twin_tail(
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted((r["asset_id"], r["seq"]) for r in records) == [
-        ("pump-01", 100), ("pump-02", 101), ("pump-03", 102),
+        ("pump-01", 100),
+        ("pump-02", 101),
+        ("pump-03", 102),
     ]
     record = records[0]  # every field of the record, readings and their timestamps included
     assert set(record) == set(frames[0])

@@ -31,6 +31,7 @@ from pipeline.site import (
     OpcUaSource,
     SignalKind,
     Site,
+    SiteSpec,
     SourceKind,
     ThresholdRule,
     TimestampFormat,
@@ -168,6 +169,12 @@ def test_loaded_models_are_frozen(site: Site) -> None:
         site.spec.kafka.partitions = 8
     with pytest.raises(AttributeError):
         site.asset("cnc-01").signal("feed_rate").max_rate = 1.0  # type: ignore[misc]
+
+
+def test_the_validated_file_round_trips_through_json(site: Site) -> None:
+    dumped = json.loads(json.dumps(site.spec.model_dump(mode="json")))
+    assert dumped["kpi"]["window"] == "1m"  # durations as the file writes them
+    assert SiteSpec.model_validate(dumped) == site.spec
 
 
 # --- resolved bindings ---------------------------------------------------------------------
