@@ -75,13 +75,16 @@ def workload(frames: int, readings_per_frame: int) -> list[dict[str, Any]]:
     return out
 
 
-def _rate(n: int, fn: Callable[[], object], rounds: int) -> float:
-    best = float("inf")
+def _best_rates(n: int, rounds: int, **runs: Callable[[], object]) -> dict[str, float]:
+    """Best rate of each run over `rounds`; the runs alternate within every round, so a
+    noisy neighbour slows both sides of a ratio alike."""
+    best = dict.fromkeys(runs, float("inf"))
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return n / best
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: n / seconds for name, seconds in best.items()}
 
 
 def run_serde_bench(
@@ -103,15 +106,20 @@ def run_serde_bench(
         for b in bodies:
             schemaless_reader(BytesIO(b), schema, None)
 
-    # Interleaved, so a noisy neighbour hits both sides alike.
+    rates = _best_rates(
+        frames,
+        rounds,
+        fastavro_encode=fastavro_encode,
+        encode=lambda: [serde.encode("telemetry_frame", r) for r in records],
+        fastavro_decode=fastavro_decode,
+        decode=lambda: [serde.decode(e) for e in encoded],
+    )
     return SerdeBench(
         frames=frames,
         readings_per_frame=readings_per_frame,
         frame_bytes=len(encoded[0]),
-        fastavro_encode_frames_per_s=_rate(frames, fastavro_encode, rounds),
-        encode_frames_per_s=_rate(
-            frames, lambda: [serde.encode("telemetry_frame", r) for r in records], rounds
-        ),
-        fastavro_decode_frames_per_s=_rate(frames, fastavro_decode, rounds),
-        decode_frames_per_s=_rate(frames, lambda: [serde.decode(e) for e in encoded], rounds),
+        encode_frames_per_s=rates["encode"],
+        decode_frames_per_s=rates["decode"],
+        fastavro_encode_frames_per_s=rates["fastavro_encode"],
+        fastavro_decode_frames_per_s=rates["fastavro_decode"],
     )

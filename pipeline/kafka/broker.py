@@ -114,7 +114,7 @@ class EmbeddedBroker:
                     f"broker exited with code {code} while starting{self._log_hint()}"
                 )
             if answers(self.bootstrap, timeout=1.0):
-                log.info("broker ready on %s (pid %d)", self.bootstrap, self._process.pid)
+                log.debug("broker ready on %s (pid %d)", self.bootstrap, self._process.pid)
                 return self
             time.sleep(0.1)
         self.stop()
