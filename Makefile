@@ -4,14 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the suite and the demo need (installed by setup when missing).
-APT_PACKAGES :=
+APT_PACKAGES := mosquitto
 
 .PHONY: setup demo test lint clean
 
 setup: $(STAMP)
 
 # Re-installs only when the project's dependencies change; safe to run again and again.
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml scripts/setup.sh Makefile
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup.sh $(APT_PACKAGES)
 	touch $(STAMP)
 

@@ -40,6 +40,9 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("twin.anomaly", "anomaly_score", "anomaly scores per asset"),
     TopicSpec("twin.kpi", "kpi_window", "closed KPI windows per asset", retention_ms=30 * DAY_MS),
     TopicSpec("twin.alerts", "alert_event", "alert lifecycle events", retention_ms=30 * DAY_MS),
+    # The plant simulator's noise-free values, as telemetry frames (source_id "sim-truth"), so
+    # estimates and detections can be measured against the truth.
+    TopicSpec("sim.truth", "telemetry_frame", "simulator ground truth", retention_ms=DAY_MS),
     # State of the stream agents (changelog-backed tables): compacted, never expired, so a
     # restarted or rebalanced worker restores the latest state of every key.
     TopicSpec("twinline-validate-state-changelog", None, "validator state", compacted=True),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.kafka.broker import EmbeddedBroker
+from tests.mosquitto import Mosquitto
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,6 +21,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedBroker(log_path=log) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A real Mosquitto broker for the session; `.url` is `mqtt://127.0.0.1:PORT`."""
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto")).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @pytest.fixture()

@@ -45,6 +45,9 @@ def free_port(host: str = HOST) -> int:
 
 def port_is_free(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As a listening server would: connections of a just-stopped broker in TIME_WAIT
+        # must not make its port look busy for a restart.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

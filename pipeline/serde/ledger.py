@@ -25,8 +25,12 @@ CATALOG_DOC = (
     "(fingerprint: SHA-256 of the Avro Parsing Canonical Form)."
 )
 
-#: record type -> logical topic, from pipeline/topics.py.
-TOPIC_OF: dict[str, str] = {s.record_type: s.name for s in TOPICS if s.record_type is not None}
+#: record type -> its home topic (the first in pipeline/topics.py that carries it; a record
+#: type may also travel on other topics, e.g. telemetry frames on sim.truth).
+TOPIC_OF: dict[str, str] = {}
+for _spec in TOPICS:
+    if _spec.record_type is not None:
+        TOPIC_OF.setdefault(_spec.record_type, _spec.name)
 
 
 class SchemaCatalogError(TwinError):
