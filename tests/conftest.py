@@ -43,13 +43,14 @@ def twin_env(broker: EmbeddedBroker, tmp_path: Path) -> dict[str, str]:
 
 
 def run_twin(
-    *args: str, env: dict[str, str], timeout: float = 120
+    *args: str, env: dict[str, str], timeout: float = 120, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run the real `twin` command in its own process (as a user would)."""
     return subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *args],
         env=env,
         cwd=REPO,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -14,7 +14,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,6 +36,7 @@ from pipeline.clickhouse import (
     run_query,
 )
 from pipeline.errors import ClickHouseError
+from tests.conftest import run_twin
 
 pytestmark = pytest.mark.integration
 
@@ -489,16 +489,7 @@ def test_guide_oee_per_hour_weights_windows_by_length(db: Client) -> None:
 def twin(path: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
     env["TWIN_CLICKHOUSE_DSN"] = dsn_of(path)
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_twin(*args, env=env, stdin=stdin)
 
 
 def test_twin_db_migrate_and_status(tmp_path: Path) -> None:
