@@ -17,7 +17,19 @@ from pipeline import __version__
 from pipeline.errors import ConfigError, TwinError
 from pipeline.settings import load_settings
 
-COMMANDS = ("broker", "topics", "tail", "schemas", "site", "db", "sql", "demo", "bench")
+COMMANDS = (
+    "broker",
+    "topics",
+    "tail",
+    "schemas",
+    "site",
+    "db",
+    "sql",
+    "demo",
+    "bench",
+    "connect",
+    "simulate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
