@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -50,11 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings(site=getattr(args, "site", None))
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
+        configure_logging(settings.log_level)
         return int(args.handler(args, settings) or 0)
     except ConfigError as exc:
         for line in exc.lines():
@@ -65,6 +62,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`twin tail ... | head`): not an error, and nothing to print.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+#: Libraries whose INFO lines narrate their internals (sessions, sockets); our own log lines
+#: already say what happened to the connection.
+CHATTY_LIBRARIES = ("asyncua", "pymodbus", "aiokafka", "urllib3", "clickhouse_connect")
+
+
+def configure_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        raise ConfigError(
+            f"TWIN_LOG_LEVEL: unknown level {level_name!r} (DEBUG, INFO, WARNING, ...)"
+        )
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 if __name__ == "__main__":
