@@ -30,6 +30,8 @@ COMMANDS = (
     "bench",
     "connect",
     "simulate",
+    "sink",
+    "run",
 )
 
 

@@ -1,0 +1,274 @@
+"""The KPI stage: event-time windows over validated frames -> kpi_window records.
+
+Per asset, usable readings (quality GOOD, no flag that makes them unusable) are aggregated
+into panes of event time (see `kpi_windows`); tumbling and hopping windows are merges of
+panes, and their KPIs follow the conventions in `kpi_aggregate`.
+
+Windows close on watermarks kept per source and per asset: a source's watermark is the newest
+event time it sent minus the out-of-orderness, an asset's is the slowest of its sources', so a
+device with a fast clock only ever closes its own asset's windows. A window is emitted
+(version 1) when the asset's watermark reaches its end. Data for a closed window that arrives
+within the allowed lateness goes into the window's panes, which are kept until the lateness
+has passed, and the window is re-emitted with the next version if its result changed; the
+record is always computed from all the data, so nothing is counted twice. Data later than
+that is not counted and shows in `stats.readings_too_late`. `tick(now)` lets the watermark
+of a source that has been silent for the idle timeout move on with processing time, so the
+windows of an asset that stopped sending still close.
+
+    kpi = KpiWindows(site)
+    records = kpi.add(validated_frame, now)   # windows closed or revised by this frame
+    records += kpi.tick(now)                  # e.g. once a second
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipeline.site import KpiSettings, Site
+from pipeline.stages.common import to_micros
+from pipeline.stages.kpi_aggregate import KpiAggregator
+from pipeline.stages.kpi_state import AssetWindows, EmittedWindow
+from pipeline.stages.kpi_windows import (
+    SourceClock,
+    WatermarkPolicy,
+    WindowKey,
+    WindowPlan,
+)
+
+USABLE_FLAGS = frozenset({"OUT_OF_EXPECTED_RANGE", "OUT_OF_ORDER"})
+"""Flags that leave a reading fit for KPIs: an unusual but real value, and an arrival order
+the windows handle themselves. Every other flag keeps the reading out."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_KIND_ORDER = {"TUMBLING": 0, "HOPPING": 1}
+
+
+@dataclass(slots=True)
+class KpiStats:
+    """Counters since start (not part of the snapshot): for metrics and the demo summary."""
+
+    frames: int = 0
+    readings: int = 0
+    readings_unusable: int = 0
+    """Not GOOD, flagged unusable, not finite, or a signal the asset does not have."""
+    readings_too_late: int = 0
+    """Usable, but later than the allowed lateness of every window they fall in: not counted."""
+    frames_unknown_asset: int = 0
+    windows_emitted: int = 0
+    windows_revised: int = 0
+    """Re-emissions (version > 1) after late data."""
+
+
+class KpiWindows:
+    """Tumbling and hopping event-time windows of every asset of a site."""
+
+    def __init__(self, site: Site, settings: KpiSettings | None = None) -> None:
+        self.site = site
+        self.settings = settings if settings is not None else site.kpi
+        self.plan = WindowPlan(self.settings)
+        self.watermarks = WatermarkPolicy.of(self.settings)
+        self.stats = KpiStats()
+        self._aggregators = {a.id: KpiAggregator(a) for a in site.assets}
+        self._known = {a.id: frozenset(a.signals) for a in site.assets}
+        self._assets: dict[str, AssetWindows] = {}
+
+    # --- the stage -----------------------------------------------------------------------
+
+    def add(self, frame: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """Take one validated_frame; return the kpi_window records it closed or revised."""
+        asset_id = frame["asset_id"]
+        aggregator = self._aggregators.get(asset_id)
+        if aggregator is None:
+            self.stats.frames_unknown_asset += 1
+            return []
+        state = self._assets.get(asset_id)
+        if state is None:
+            state = self._assets[asset_id] = AssetWindows()
+        known = self._known[asset_id]
+        timed = aggregator.timed
+        plan = self.plan
+        pane_us = plan.pane_us
+        panes = state.panes
+        watermark = state.watermark
+        readings = frame["readings"]
+
+        unusable = too_late = 0
+        newest: int | None = None
+        late_from: int | None = None
+        current = -1  # start of the pane the previous reading went to
+        pane = None
+        is_late = False
+        # One pass, no calls per reading but the datetime arithmetic: this is the hot path.
+        for reading in readings:
+            flags = reading["flags"]
+            value = reading["value"]
+            signal = reading["signal"]
+            if (
+                reading["quality"] != "GOOD"
+                or (flags and not USABLE_FLAGS.issuperset(flags))
+                or value - value != 0.0  # NaN or infinite
+                or signal not in known
+            ):
+                unusable += 1
+                continue
+            ts = (reading["ts"] - _EPOCH) // _MICROSECOND
+            start = ts - ts % pane_us
+            if start != current:
+                current = start
+                is_late = watermark is not None and start + pane_us <= watermark
+                if is_late and watermark is not None and plan.expires(start) <= watermark:
+                    pane = None
+                else:
+                    pane = panes.get(start)
+                    if pane is None:
+                        pane = panes[start] = aggregator.initialize()
+            if pane is None:
+                too_late += 1
+                continue
+            if is_late and (late_from is None or ts < late_from):
+                late_from = ts
+            values = pane.values.get(signal)
+            if values is None:
+                values = pane.values[signal] = []
+                if signal in timed:
+                    pane.times[signal] = []
+            values.append(value)
+            if signal in timed:
+                pane.times[signal].append(ts)
+            if newest is None or ts > newest:
+                newest = ts
+
+        stats = self.stats
+        stats.frames += 1
+        stats.readings += len(readings)
+        stats.readings_unusable += unusable
+        stats.readings_too_late += too_late
+
+        now_us = to_micros(now)
+        if newest is not None:
+            clock = state.clocks.get(frame["source_id"])
+            if clock is None:
+                state.clocks[frame["source_id"]] = SourceClock(newest, now_us)
+            else:
+                clock.max_ts = max(clock.max_ts, newest)
+                clock.last_arrival = now_us
+        out: list[dict[str, Any]] = []
+        if late_from is not None:
+            out += self._revise(asset_id, state, late_from, now)
+        out += self._advance(asset_id, state, now_us, now)
+        return out
+
+    def tick(self, now: datetime) -> list[dict[str, Any]]:
+        """Move the watermarks of sources silent for the idle timeout on with processing time;
+        return the windows that closed."""
+        now_us = to_micros(now)
+        out: list[dict[str, Any]] = []
+        for asset_id, state in self._assets.items():
+            out += self._advance(asset_id, state, now_us, now)
+        return out
+
+    # --- state ---------------------------------------------------------------------------
+
+    def assets(self) -> list[str]:
+        return list(self._assets)
+
+    def snapshot(self, asset_id: str) -> dict[str, Any] | None:
+        state = self._assets.get(asset_id)
+        return state.snapshot() if state is not None else None
+
+    def restore(self, asset_id: str, state: dict[str, Any]) -> None:
+        self._assets[asset_id] = AssetWindows.restore(state)
+
+    def watermark(self, asset_id: str) -> datetime | None:
+        """The asset's watermark (for tests and logs)."""
+        state = self._assets.get(asset_id)
+        if state is None or state.watermark is None:
+            return None
+        return _EPOCH + state.watermark * _MICROSECOND
+
+    # --- windows -------------------------------------------------------------------------
+
+    def _advance(
+        self, asset_id: str, state: AssetWindows, now_us: int, now: datetime
+    ) -> list[dict[str, Any]]:
+        """Move the asset's watermark; emit the windows it closed, forget what expired."""
+        old = state.watermark
+        new = self.watermarks.asset_watermark(state.clocks, old, now_us)
+        if new is None or new == old:
+            return []
+        state.watermark = new
+        plan = self.plan
+        if old is not None and not _crossed(old, new, plan.pane_us, plan.lateness_us):
+            return []  # windows end on pane boundaries: nothing can close or expire
+        closing: set[WindowKey] = set()
+        for start in state.panes:
+            for key in plan.windows_of_pane(start):
+                if (old is None or key[2] > old) and key[2] <= new:
+                    closing.add(key)
+        out = self._emit(asset_id, state, sorted(closing, key=_window_order), now)
+
+        timed = self._aggregators[asset_id].timed
+        for start in sorted(state.panes):
+            if plan.expires(start) > new:
+                break
+            state.drop_pane(start, timed)
+        for key in [k for k in state.emitted if k[2] + plan.lateness_us <= new]:
+            del state.emitted[key]
+        return out
+
+    def _revise(
+        self, asset_id: str, state: AssetWindows, late_from: int, now: datetime
+    ) -> list[dict[str, Any]]:
+        """Re-emit the closed, still open-to-late-data windows that late data from event time
+        `late_from` on may have changed (its state and counter readings also change the
+        start of later windows); `_emit` keeps only those whose result did change."""
+        watermark = state.watermark
+        if watermark is None:
+            return []
+        lateness = self.plan.lateness_us
+        keys = {
+            key
+            for start in state.panes
+            for key in self.plan.windows_of_pane(start)
+            if late_from < key[2] <= watermark < key[2] + lateness
+        }
+        return self._emit(asset_id, state, sorted(keys, key=_window_order), now)
+
+    def _emit(
+        self, asset_id: str, state: AssetWindows, keys: list[WindowKey], now: datetime
+    ) -> list[dict[str, Any]]:
+        """Records for the windows whose result differs from what was last emitted."""
+        aggregator = self._aggregators[asset_id]
+        asset = self.site.asset(asset_id)
+        out = []
+        for key in keys:
+            _, start, end = key
+            panes = [state.panes[p] for p in self.plan.panes_of(start, end) if p in state.panes]
+            if not panes:
+                continue
+            result = aggregator.result(panes, state.before(start, aggregator.timed), start, end)
+            fingerprint = result.fingerprint()
+            emitted = state.emitted.get(key)
+            if emitted is not None and emitted.fingerprint == fingerprint:
+                continue
+            version = 1 if emitted is None else emitted.version + 1
+            state.emitted[key] = EmittedWindow(version, fingerprint)
+            out.append(result.record(asset, key, version, now))
+            self.stats.windows_emitted += 1
+            if version > 1:
+                self.stats.windows_revised += 1
+        return out
+
+
+def _crossed(old: int, new: int, pane_us: int, lateness_us: int) -> bool:
+    """Whether the watermark passed a window end or a window's end plus the lateness."""
+    return new // pane_us != old // pane_us or (
+        (new - lateness_us) // pane_us != (old - lateness_us) // pane_us
+    )
+
+
+def _window_order(key: WindowKey) -> tuple[int, int]:
+    return _KIND_ORDER[key[0]], key[1]
