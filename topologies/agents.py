@@ -16,6 +16,7 @@ messages in, outputs out, and keeps each asset's stage state in changelog-backed
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import faust
@@ -23,6 +24,7 @@ import faust
 from pipeline.serde import AvroSerde
 from pipeline.settings import Settings
 from pipeline.site import Site
+from topologies.metrics import StageMetrics, update_consumer_lag
 from topologies.processor import STAGES, BatchResult, FrameProcessor, RawMessage
 
 log = logging.getLogger(__name__)
@@ -82,6 +84,7 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
         return value if isinstance(value, dict) else None
 
     processor = FrameProcessor(site, AvroSerde.from_settings(settings), load_state)
+    stage_metrics = StageMetrics()
 
     async def publish(result: BatchResult) -> None:
         for output in result.outputs:
@@ -105,7 +108,18 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                 RawMessage(e.message.topic, e.message.partition, e.message.offset, e.key, e.value)
                 for e in events
             ]
-            result = processor.process(batch)
+            started = time.perf_counter()
+            try:
+                result = processor.process(batch)
+            except Exception:
+                first, last = batch[0], batch[-1]
+                log.exception(
+                    "frames: batch of %d messages failed: %s[%d]@%d .. %s[%d]@%d",
+                    len(batch), first.topic, first.partition, first.offset,
+                    last.topic, last.partition, last.offset,
+                )  # fmt: skip
+                raise
+            stage_metrics.observe(processor, result, time.perf_counter() - started, len(batch))
             await publish(result)
             log.debug(
                 "batch: %d messages, %d frames, %d readings, %d dead letters",
@@ -122,7 +136,13 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
 
     @app.timer(TICK_S)
     async def tick() -> None:
-        await publish(processor.tick())
+        result = processor.tick()
+        stage_metrics.observe(processor, result)
+        await publish(result)
+        try:
+            update_consumer_lag(app.consumer, raw_topic.get_topic_name())
+        except Exception:  # a metric must never stop the agents
+            log.debug("consumer lag not available", exc_info=True)
 
     app.twin_processor = processor  # type: ignore[attr-defined]
     return app

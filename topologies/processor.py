@@ -13,6 +13,7 @@ restarted or rebalanced worker resumes where the previous owner stopped.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +26,8 @@ from pipeline.stages.common import Origin
 from pipeline.stages.estimate import Estimator
 from pipeline.stages.kpi import KpiWindows
 from pipeline.stages.validate import Validator
+
+log = logging.getLogger(__name__)
 
 #: The stages whose state is kept per asset, in the order a frame passes them.
 STAGES = ("validate", "estimate", "kpi")
@@ -168,6 +171,11 @@ class FrameProcessor:
 
     def _dead_letter(self, record: dict[str, Any], result: BatchResult) -> None:
         result.dead_letters += 1
+        log.info(
+            "%s: dead letter %s[%s]@%s (%s): %s",
+            record.get("stage"), record.get("origin_topic"), record.get("origin_partition"),
+            record.get("origin_offset"), record.get("reason_code"), record.get("reason"),
+        )  # fmt: skip
         key = str(record.get("asset_id") or "").encode()
         self._emit(result, "telemetry.deadletter", key, "dead_letter", record)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import clickhouse_connect
@@ -30,6 +31,10 @@ _MAX_MESSAGE = 600
 _VERSION_TRAILER = re.compile(r"\s*\(version [^)]*\)\s*\.?\s*$")
 # What chDB says, without a reason, when another process holds the data path's lock.
 _ENGINE_LOCKED = re.compile(r"Error initializing EmbeddedServer: \.")
+
+
+class EngineBusy(ClickHouseError):
+    """The embedded engine's data path is held by another process (e.g. a running sink)."""
 
 
 def open_client(dsn: str, *, create_database: bool = False) -> Client:
@@ -79,12 +84,21 @@ def _open_error(dsn: str, exc: Exception) -> ClickHouseError:
         message += " (one process can hold one embedded data path at a time)"
     elif is_embedded(dsn) and _ENGINE_LOCKED.search(message):
         message += " (is another process using this data path? only one process can)"
+        return EngineBusy(f"cannot open ClickHouse at {redact_dsn(dsn)}: {message}")
     return ClickHouseError(f"cannot open ClickHouse at {redact_dsn(dsn)}: {message}")
 
 
 def is_embedded(dsn: str) -> bool:
     """Whether the DSN names the in-process engine rather than a server."""
     return urlsplit(dsn).scheme == EMBEDDED_SCHEME
+
+
+def embedded_path(dsn: str) -> Path | None:
+    """The data directory of a `chdb:///abs/path` DSN; None for a server or in-memory engine."""
+    parts = urlsplit(dsn)
+    if parts.scheme != EMBEDDED_SCHEME or parts.netloc or not parts.path:
+        return None
+    return Path(unquote(parts.path))
 
 
 def dsn_database(dsn: str) -> str | None:

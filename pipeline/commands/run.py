@@ -9,6 +9,7 @@ import sys
 import time
 
 from pipeline.commands import Subparsers, add_site_option
+from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.site import load_site
 
@@ -22,6 +23,9 @@ def register(sub: Subparsers) -> None:
     )
     worker.add_argument(
         "--web-port", type=int, default=None, help="Faust's web port (off by default)"
+    )
+    worker.add_argument(
+        "--metrics-port", type=int, metavar="P", help="serve Prometheus /metrics on 127.0.0.1:P"
     )
     add_site_option(worker)
     worker.set_defaults(handler=run_worker)
@@ -41,6 +45,13 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     from topologies.agents import build_app
 
     site = load_site(settings.site)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(args.metrics_port, addr="127.0.0.1")
+        except OSError as exc:
+            raise ConfigError(f"--metrics-port {args.metrics_port}: {exc}") from exc
     (settings.data_dir / "faust").mkdir(parents=True, exist_ok=True)
     app = build_app(settings, site, web_port=args.web_port)
     # Faust narrates every service start and stop at INFO; our own lines say what matters.

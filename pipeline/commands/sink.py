@@ -13,6 +13,7 @@ from pipeline.commands import add_json_option, add_site_option, print_json
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 from pipeline.sink.consumer import GROUP_ID, SINK_TOPICS, SinkOptions, SinkProcess, run_sink
+from pipeline.sink.query_server import serve_queries
 from pipeline.site import load_site
 
 if TYPE_CHECKING:
@@ -81,7 +82,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         if not args.no_migrate:
             migrate(client)
-        summary = run_sink(settings, client, options, on_start=_stop_on_signals)
+        # While this process holds the embedded engine, `twin sql` asks it instead.
+        with serve_queries(client, settings.clickhouse_url()):
+            summary = run_sink(settings, client, options, on_start=_stop_on_signals)
     finally:
         client.close()
     if args.json:

@@ -1,0 +1,71 @@
+"""Prometheus metrics of the stream agents: a processed batch moves the per-stage counters
+by what the stages counted, dead letters by reason, and a reset stage is not counted twice."""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY
+
+from pipeline.serde import AvroSerde
+from pipeline.settings import DEFAULT_SITE
+from pipeline.site import load_site
+from tests.unit.test_processor import TOPIC, clock_after, raw_messages
+from topologies.metrics import StageMetrics
+from topologies.processor import FrameProcessor, RawMessage
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def dead(reason: str) -> float:
+    return sample("twin_stage_dead_letters_total", stage="validate", reason=reason)
+
+
+def snapshot() -> dict[str, float]:
+    return {
+        "valid_in": sample("twin_stage_frames_in_total", stage="validate"),
+        "valid_out": sample("twin_stage_frames_out_total", stage="validate"),
+        "valid_readings": sample("twin_stage_readings_out_total", stage="validate"),
+        "estimate_out": sample("twin_stage_frames_out_total", stage="estimate"),
+        "estimate_readings": sample("twin_stage_readings_in_total", stage="estimate"),
+        "kpi_in": sample("twin_stage_frames_in_total", stage="kpi"),
+        "kpi_windows": sample("twin_stage_frames_out_total", stage="kpi"),
+        "undecodable": dead("undecodable"),
+        "duplicate": dead("duplicate"),
+        "batches": sample("twin_worker_batch_seconds_count"),
+    }  # fmt: skip
+
+
+def test_a_batch_moves_the_stage_counters_by_what_the_stages_counted() -> None:
+    site = load_site(DEFAULT_SITE)
+    serde = AvroSerde.local()
+    messages = raw_messages(site, serde, seconds=150)
+    junk = RawMessage(TOPIC, 0, 10_000, b"press-01", b"not avro")
+    processor = FrameProcessor(site, serde, clock=clock_after(messages))
+    metrics = StageMetrics()
+    before = snapshot()
+
+    result = processor.process([*messages, junk, messages[0]])  # garbage and a duplicate
+    metrics.observe(processor, result, 0.02, len(messages) + 2)
+    after = snapshot()
+    grew = {k: after[k] - before[k] for k in after}
+
+    assert result.frames == len(messages)
+    assert grew["valid_in"] == len(messages) + 2
+    assert grew["valid_out"] == len(messages) == grew["estimate_out"] == grew["kpi_in"]
+    assert grew["valid_readings"] == result.readings == grew["estimate_readings"]
+    assert grew["undecodable"] == 1
+    assert grew["duplicate"] == 1
+    assert grew["kpi_windows"] == processor.kpi.stats.windows_emitted > 0
+    assert grew["batches"] == 1
+
+    # Nothing new happened: observing again adds nothing.
+    metrics.observe(processor, processor.tick())
+    assert snapshot()["valid_in"] == after["valid_in"]
+
+    # After a reset the fresh stages count from zero again, and only their own work counts.
+    processor.reset()
+    more = raw_messages(site, serde, seconds=1)
+    again = processor.process(more[:2])
+    metrics.observe(processor, again, 0.01, 2)
+    assert snapshot()["valid_in"] - after["valid_in"] == 2
