@@ -131,7 +131,7 @@ def test_estimate_is_closer_to_the_truth_than_the_readings(site: Site) -> None:
         print(f"  {asset_id}/{name}: {ratio:.3f}")
     assert len(ratios) > 40
     assert all(ratio < 1.0 for ratio in ratios.values()), ratios
-    assert mean_ratio < 0.93
+    assert mean_ratio < 0.8
     # Slow signals (small process noise) are where filtering pays most.
     assert thermal and max(thermal) < 0.9 and float(np.mean(thermal)) < 0.75
 

@@ -158,10 +158,13 @@ def test_per_asset_override_changes_only_that_asset(site: Site) -> None:
 
 
 def test_process_noise_is_taken_or_derived(site: Site) -> None:
-    cnc = site.asset("cnc-01")
-    assert cnc.signal("spindle_temperature").process_noise == pytest.approx(0.01)
-    assert cnc.signal("spindle_speed").process_noise == pytest.approx(4000 / 3)
-    assert cnc.signal("spindle_speed").process_noise_density == pytest.approx((4000 / 3) ** 2)
+    cnc, pump = site.asset("cnc-01"), site.asset("pump-01")
+    assert cnc.signal("spindle_temperature").process_noise == pytest.approx(0.003)
+    assert cnc.signal("spindle_speed").process_noise == pytest.approx(40)
+    assert cnc.signal("spindle_speed").process_noise_density == pytest.approx(40**2)
+    speed = pump.signal("speed")  # no process_noise in the file: derived as max_rate / 3
+    assert speed.process_noise == pytest.approx(speed.max_rate / 3)
+    assert speed.process_noise_density == pytest.approx((speed.max_rate / 3) ** 2)
 
 
 def test_loaded_models_are_frozen(site: Site) -> None:
