@@ -98,29 +98,50 @@ class FrameProcessor:
         now = self._clock()
         for message in messages:
             origin = Origin(message.topic, message.partition, message.offset)
-            frame = self._decode(message, origin, now, result)
-            if frame is None:
-                continue
-            asset_id = str(frame.get("asset_id", ""))
-            self._ensure_loaded(asset_id)
-            validated = self.validator.validate(
-                frame, origin, now, payload=message.value, key=message.key
-            )
-            if validated.dead_letter is not None:
-                self._dead_letter(validated.dead_letter, result)
-                continue
-            valid = validated.frame
-            if valid is None:  # pragma: no cover - the stage sets exactly one of the two
-                continue
-            result.touched.add(asset_id)
-            result.frames += 1
-            result.readings += len(valid["readings"])
-            key = asset_id.encode()
-            self._emit(result, "telemetry.valid", key, "validated_frame", valid)
-            self._emit(result, "twin.state", key, "state_estimate", self.estimator.estimate(valid))
-            for window in self.kpi.add(valid, now):
-                self._emit(result, "twin.kpi", key, "kpi_window", window)
+            mark = len(result.outputs)
+            try:
+                self._process_one(message, origin, now, result)
+            except Exception as exc:  # a stage failing on one frame must not stop the agent
+                # Whatever the failed frame had emitted is withdrawn; the frame itself goes to
+                # the dead-letter topic with the error, so nothing is lost without a trace.
+                del result.outputs[mark:]
+                log.exception(
+                    "frames: %s[%d]@%d failed", origin.topic, origin.partition, origin.offset
+                )
+                reason = f"processing failed: {type(exc).__name__}: {exc}"
+                record = self.validator.undecodable(
+                    message.value or b"", message.key, origin, reason, now
+                )
+                record["reason_code"] = "processing_error"
+                self._dead_letter(record, result)
         return result
+
+    def _process_one(
+        self, message: RawMessage, origin: Origin, now: datetime, result: BatchResult
+    ) -> None:
+        frame = self._decode(message, origin, now, result)
+        if frame is None:
+            return
+        asset_id = str(frame.get("asset_id", ""))
+        self._ensure_loaded(asset_id)
+        validated = self.validator.validate(
+            frame, origin, now, payload=message.value, key=message.key
+        )
+        if validated.dead_letter is not None:
+            self._dead_letter(validated.dead_letter, result)
+            return
+        valid = validated.frame
+        if valid is None:  # pragma: no cover - the stage sets exactly one of the two
+            return
+        key = asset_id.encode()
+        outputs = [("telemetry.valid", "validated_frame", valid)]
+        outputs.append(("twin.state", "state_estimate", self.estimator.estimate(valid)))
+        outputs += [("twin.kpi", "kpi_window", w) for w in self.kpi.add(valid, now)]
+        for topic, record_type, record in outputs:
+            self._emit(result, topic, key, record_type, record)
+        result.touched.add(asset_id)
+        result.frames += 1
+        result.readings += len(valid["readings"])
 
     def tick(self) -> BatchResult:
         """Close windows of idle sources (processing time)."""

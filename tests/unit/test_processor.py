@@ -24,7 +24,7 @@ def site() -> Site:
 
 
 def raw_messages(
-    site: Site, serde: AvroSerde, seconds: int, step_s: float = 0.5
+    site: Site, serde: AvroSerde, seconds: float, step_s: float = 0.5
 ) -> list[RawMessage]:
     """Telemetry frames of the simulated demo plant, one per asset per step, as Kafka would
     deliver them (offsets per partition of one topic; one partition per asset is enough)."""
@@ -151,3 +151,29 @@ def _example_kpi() -> dict[str, Any]:
     from pipeline.serde.examples import example
 
     return example("kpi_window")
+
+
+def test_a_stage_failing_on_one_frame_dead_letters_it_and_the_batch_goes_on(site: Site) -> None:
+    serde = AvroSerde.local()
+    messages = raw_messages(site, serde, seconds=0.5)  # one frame per asset
+    victim = serde.decode(messages[2].value).record["asset_id"]
+    processor = FrameProcessor(site, serde)
+    estimate = processor.estimator.estimate
+
+    def failing(frame: dict[str, Any]) -> dict[str, Any]:
+        if frame["asset_id"] == victim:
+            raise ValueError("filter diverged")
+        return estimate(frame)
+
+    processor.estimator.estimate = failing  # type: ignore[method-assign]
+    result = processor.process(messages)
+    letters = decoded(serde, result.outputs, "telemetry.deadletter")
+    assert [(d["reason_code"], d["origin_offset"]) for d in letters] == [
+        ("processing_error", messages[2].offset)
+    ]
+    assert "ValueError: filter diverged" in letters[0]["reason"]
+    assert letters[0]["payload"] == messages[2].value
+    valid = decoded(serde, result.outputs, "telemetry.valid")
+    # The failed frame emitted nothing else; every other frame went through.
+    assert victim not in {v["asset_id"] for v in valid}
+    assert len(valid) == len(messages) - 1 == result.frames
