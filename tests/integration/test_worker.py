@@ -125,22 +125,28 @@ def test_worker_processes_frames_and_resumes_after_a_restart(
             # going (idle, no error). Until that is found, the test gives it one more start.
             stop(worker)
             worker = start_worker(env, tmp_path / "worker.log")
-        validated = wait_for(settings, valid, len(first) + len(second), worker)
-        states = wait_for(settings, state, len(first) + len(second), worker)
+        wait_for(settings, valid, len(first) + len(second), worker)
+        wait_for(settings, state, len(first) + len(second), worker)
+        validated = read_topic(settings, valid, idle_s=3)  # all, redeliveries included
+        states = read_topic(settings, state, idle_s=3)
         wait_for(settings, site.topic("telemetry.deadletter"), 1, worker)
         letters = read_topic(settings, site.topic("telemetry.deadletter"), idle_s=3)  # all
     finally:
         stop(worker)
 
-    # Every frame validated exactly once, in spite of the restart ...
+    # Every frame validated, in spite of the restart. At least once: a frame whose outputs went
+    # out just before the stop, but whose state and offset did not, is validated again after
+    # it (the sink's row identity makes that one row in ClickHouse, see test_pipeline_e2e).
     keys = [(f["source_id"], f["seq"]) for f in validated]
-    assert sorted(keys) == sorted((f["source_id"], f["seq"]) for f in [*first, *second])
+    published = {(f["source_id"], f["seq"]) for f in [*first, *second]}
+    assert set(keys) == published
+    assert len(keys) - len(published) <= len(second)  # redelivery is bounded by the restart
     # ... and the validator's state survived it: the replay is recognised as a duplicate (as is
     # anything at-least-once redelivered that the stopped worker had already processed).
     assert {d["reason_code"] for d in letters} == {"duplicate"}
     duplicates = {(d["source_id"], d["seq"]) for d in letters}
     assert (first[0]["source_id"], first[0]["seq"]) in duplicates
-    assert duplicates <= set(keys)
+    assert duplicates <= published
     # One state estimate per valid frame; after the restart the filters continue (every
     # signal seen before is still estimated, none starts over unmeasured).
     assert len(states) == len(validated)
