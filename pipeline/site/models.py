@@ -23,6 +23,7 @@ from pipeline.site.templates import (
     OpcUaAssetSpec,
     OpcUaTypeSpec,
 )
+from pipeline.site.validation import ValidationSpec
 
 _TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")
 
@@ -83,6 +84,7 @@ class SiteHeader(SiteModel):
     description: str = ""
     kafka: KafkaSpec = KafkaSpec()
     kpi: KpiSettings = KpiSettings()
+    validation: ValidationSpec = ValidationSpec()
 
 
 class SiteSpec(SiteHeader):

@@ -18,6 +18,7 @@ from pipeline.site.kpi import KpiRules, KpiSettings
 from pipeline.site.models import KafkaSpec, SiteSpec
 from pipeline.site.signals import SignalKind, SignalSpec
 from pipeline.site.sources import Source, SourceKind
+from pipeline.site.validation import ValidationSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,10 @@ class Site:
     @property
     def kpi(self) -> KpiSettings:
         return self.spec.kpi
+
+    @property
+    def validation(self) -> ValidationSpec:
+        return self.spec.validation
 
     @property
     def sources(self) -> Mapping[str, Source]:

@@ -106,7 +106,7 @@ class Validator:
 
     def __init__(self, site: Site, settings: ValidateSettings | None = None) -> None:
         self.site = site
-        self.settings = settings if settings is not None else ValidateSettings()
+        self.settings = settings if settings is not None else ValidateSettings.for_site(site)
         self._limits = {
             asset.id: {name: SignalLimits(s, self.settings) for name, s in asset.signals.items()}
             for asset in site.assets

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.site import Signal, SignalKind
+from pipeline.site import Signal, SignalKind, Site
 from pipeline.stages.common import StageStateError
 
 GAUGE, COUNTER, STATE = 0, 1, 2
@@ -42,6 +42,11 @@ class ValidateSettings(BaseModel):
     max_rate·dt by noise_sigmas·√2·measurement_noise (both readings carry noise)."""
     dedup_window: int = Field(default=1024, ge=1)
     """Frame sequence numbers remembered per asset and source for duplicate detection."""
+
+    @classmethod
+    def for_site(cls, site: Site) -> ValidateSettings:
+        """The defaults, with the time tolerances of the site's `validation:` section."""
+        return cls(**site.validation.model_dump())
 
 
 class SignalLimits:

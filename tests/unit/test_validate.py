@@ -167,6 +167,17 @@ def test_timestamps(validator: Validator) -> None:
     assert slightly["flags"] == []
 
 
+def test_site_validation_section_sets_time_tolerances(site: Site) -> None:
+    """A replay of recorded data declares a long max_age in the site file."""
+    data = yaml.safe_load(DEFAULT_SITE.read_text())
+    data["validation"] = {"max_age": "3650d", "future_tolerance": "1m"}
+    replay = Validator(parse_site(yaml.safe_dump(data)))
+    assert replay.settings.max_age == timedelta(days=3650)
+    assert one(replay, 1, reading("spindle_load", 50.0, -86400.0 * 365))["flags"] == []
+    assert one(replay, 2, reading("spindle_load", 51.0, 30.0))["flags"] == []
+    assert one(Validator(site), 1, reading("spindle_load", 50.0, -86400.0))["flags"] == ["TOO_OLD"]
+
+
 def test_unknown_signal_is_kept_bad(validator: Validator) -> None:
     out = one(validator, 1, reading("spindel_speed", 1.0))
     assert out["flags"] == ["UNKNOWN_SIGNAL"] and out["quality"] == "BAD"
