@@ -3,6 +3,11 @@
 decode -> validate -> (telemetry.valid, telemetry.deadletter)
                    -> estimate -> twin.state
                    -> kpi      -> twin.kpi
+                   -> alerts   -> twin.alerts   (fed by every stage's output, see below)
+
+The alert stage hears the validated frame (stale sensors), the state estimate (thresholds on
+the filtered level) and every KPI window (KPI floors); `tick` closes idle windows and raises
+stale alerts of assets that stopped sending.
 
 The Faust topology (`topologies/agents.py`) hands each batch of `telemetry.raw` messages to
 `FrameProcessor.process`, sends the returned outputs, and persists `snapshot(asset)` of every
@@ -22,6 +27,7 @@ from typing import Any
 from pipeline.errors import SerdeError
 from pipeline.serde import AvroSerde
 from pipeline.site import Site
+from pipeline.stages.alerts import AlertEngine
 from pipeline.stages.common import Origin
 from pipeline.stages.estimate import Estimator
 from pipeline.stages.kpi import KpiWindows
@@ -30,7 +36,7 @@ from pipeline.stages.validate import Validator
 log = logging.getLogger(__name__)
 
 #: The stages whose state is kept per asset, in the order a frame passes them.
-STAGES = ("validate", "estimate", "kpi")
+STAGES = ("validate", "estimate", "kpi", "alerts")
 
 StateLoader = Callable[[str, str], "dict[str, Any] | None"]
 
@@ -82,7 +88,13 @@ class FrameProcessor:
         self.reset()
         self.topics = {
             name: site.topic(name)
-            for name in ("telemetry.valid", "telemetry.deadletter", "twin.state", "twin.kpi")
+            for name in (
+                "telemetry.valid",
+                "telemetry.deadletter",
+                "twin.state",
+                "twin.kpi",
+                "twin.alerts",
+            )
         }
 
     def reset(self) -> None:
@@ -91,6 +103,7 @@ class FrameProcessor:
         self.validator = Validator(self.site)
         self.estimator = Estimator(self.site)
         self.kpi = KpiWindows(self.site)
+        self.alerts = AlertEngine(self.site)
         self._loaded: set[str] = set()
 
     def process(self, messages: Iterable[RawMessage]) -> BatchResult:
@@ -134,9 +147,15 @@ class FrameProcessor:
         if valid is None:  # pragma: no cover - the stage sets exactly one of the two
             return
         key = asset_id.encode()
+        state = self.estimator.estimate(valid)
+        windows = self.kpi.add(valid, now)
+        alerts = self.alerts.on_frame(valid, now) + self.alerts.on_state(state, now)
+        for window in windows:
+            alerts += self.alerts.on_kpi(window, now)
         outputs = [("telemetry.valid", "validated_frame", valid)]
-        outputs.append(("twin.state", "state_estimate", self.estimator.estimate(valid)))
-        outputs += [("twin.kpi", "kpi_window", w) for w in self.kpi.add(valid, now)]
+        outputs.append(("twin.state", "state_estimate", state))
+        outputs += [("twin.kpi", "kpi_window", w) for w in windows]
+        outputs += [("twin.alerts", "alert_event", a) for a in alerts]
         for topic, record_type, record in outputs:
             self._emit(result, topic, key, record_type, record)
         result.touched.add(asset_id)
@@ -144,12 +163,24 @@ class FrameProcessor:
         result.readings += len(valid["readings"])
 
     def tick(self) -> BatchResult:
-        """Close windows of idle sources (processing time)."""
+        """Close windows of idle sources and raise stale alerts (processing time).
+
+        Only assets with an output are marked touched: the alert stage's record of when each
+        asset was last heard of changes on every tick, but persisting every asset every second
+        would cost more than it saves (a restored worker may then excuse a little more silence
+        before a stale alert, never raise a false one)."""
         result = BatchResult()
-        for window in self.kpi.tick(self._clock()):
+        now = self._clock()
+        alerts: list[dict[str, Any]] = []
+        for window in self.kpi.tick(now):
             asset_id = str(window["asset_id"])
             result.touched.add(asset_id)
             self._emit(result, "twin.kpi", asset_id.encode(), "kpi_window", window)
+            alerts += self.alerts.on_kpi(window, now)
+        for alert in alerts + self.alerts.tick(now):
+            asset_id = str(alert["asset_id"])
+            result.touched.add(asset_id)
+            self._emit(result, "twin.alerts", asset_id.encode(), "alert_event", alert)
         return result
 
     def snapshot(self, stage: str, asset_id: str) -> dict[str, Any] | None:
@@ -159,7 +190,13 @@ class FrameProcessor:
         self._stage(stage).restore(asset_id, state)
 
     def _stage(self, stage: str) -> Any:
-        return {"validate": self.validator, "estimate": self.estimator, "kpi": self.kpi}[stage]
+        stages = {
+            "validate": self.validator,
+            "estimate": self.estimator,
+            "kpi": self.kpi,
+            "alerts": self.alerts,
+        }
+        return stages[stage]
 
     def _ensure_loaded(self, asset_id: str) -> None:
         if asset_id in self._loaded:

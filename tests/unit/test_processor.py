@@ -24,11 +24,11 @@ def site() -> Site:
 
 
 def raw_messages(
-    site: Site, serde: AvroSerde, seconds: float, step_s: float = 0.5
+    site: Site, serde: AvroSerde, seconds: float, step_s: float = 0.5, scenario: str = "none"
 ) -> list[RawMessage]:
     """Telemetry frames of the simulated demo plant, one per asset per step, as Kafka would
     deliver them (offsets per partition of one topic; one partition per asset is enough)."""
-    plant = PlantModel(site, seed=1, scenario="none", start=START)
+    plant = PlantModel(site, seed=1, scenario=scenario, start=START)
     partitions = {a.id: i % 4 for i, a in enumerate(site.assets)}
     offsets = dict.fromkeys(range(4), 0)
     seqs: dict[str, int] = {}
@@ -36,6 +36,8 @@ def raw_messages(
     for i in range(int(seconds / step_s)):
         now = START + timedelta(seconds=i * step_s)
         for sample in plant.step(now):
+            if not sample.readings():
+                continue  # a source that lost its link sends nothing
             asset = site.asset(sample.asset_id)
             seq = seqs[asset.source_id] = seqs.get(asset.source_id, -1) + 1
             frame = {
@@ -79,6 +81,28 @@ def test_frames_flow_to_valid_state_and_kpi_topics(site: Site) -> None:
     assert len(closed) >= 2 * len(site.assets) - 2
     assert all(o.key == o.key.decode().encode() and o.key for o in result.outputs)
     assert result.touched == {a.id for a in site.assets}
+
+
+def test_plant_faults_raise_and_clear_alerts(site: Site) -> None:
+    """The demo scenario's stuck sensor, Modbus link loss and bearing wear each raise their
+    site rule's alert, which clears again; every alert's events form a valid lifecycle."""
+    serde = AvroSerde.local()
+    messages = raw_messages(site, serde, seconds=300, scenario="faults")
+    processor = FrameProcessor(site, serde, clock=clock_after(messages))
+    alerts = decoded(serde, processor.process(messages).outputs, "twin.alerts")
+    by_id: dict[str, list[str]] = {}
+    for alert in alerts:
+        by_id.setdefault(alert["alert_id"], []).append(alert["event"])
+        assert alert["alert_id"] == f"{alert['asset_id']}:{alert['rule_id']}"
+    for alert_id in ("cnc-01:cnc-stale", "pump-02:utilities-stale", "cnc-02:cnc-vibration-high"):
+        assert alert_id in by_id, sorted(by_id)
+        assert by_id[alert_id][0] == "RAISED" and by_id[alert_id][-1] == "CLEARED"
+    for events in by_id.values():
+        transitions = [e for e in events if e != "UPDATED"]
+        assert transitions[::2] == ["RAISED"] * len(transitions[::2])
+        assert transitions[1::2] == ["CLEARED"] * len(transitions[1::2])
+    # The healthy machines raise nothing.
+    assert not {a["asset_id"] for a in alerts} & {"cnc-03", "pump-03", "comp-01"}
 
 
 def test_undecodable_and_unknown_input_become_dead_letters_with_origin(site: Site) -> None:

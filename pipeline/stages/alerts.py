@@ -1,0 +1,262 @@
+"""The alert stage: state estimates, validated frames, anomaly scores and KPI windows in,
+alert_event records (twin.alerts) out, one message per state change of an alert.
+
+Rules come from the site file (`pipeline.site.alerts`). An alert is one (asset, rule) with
+the stable id "<asset_id>:<rule_id>"; its events are RAISED, then UPDATED any number of
+times, then CLEARED, and again: never two RAISED without a CLEARED between, never a CLEARED
+for an alert that is not raised. Two rules on one signal (hot, overheat) are two alerts.
+
+Where the evidence comes from:
+
+- **threshold** rules read the Kalman-filtered level of the signal from `on_state`, and only
+  when a usable reading updated it (`measured`): the estimate carries no spikes, so one noisy
+  reading does not raise, and a data gap or a BAD reading neither raises nor clears. An
+  alert is raised when the level stayed beyond a limit for `min_duration` of event time
+  (a rule with both limits alerts on either side) and cleared when it is back inside by
+  `clear_hysteresis`.
+- **stale** rules: see `alerts_stale`. `on_frame` is the better source of freshness: it sees
+  each reading with its own time and quality, and an outlier the estimator rejects still
+  shows a live sensor. `on_state` refreshes too (a signal with `measured` true, at the
+  estimate's time), so either wiring works; with both, the later reading counts. `tick`
+  raises stale alerts of assets that stopped sending entirely.
+- **anomaly** rules read `on_anomaly`: the condition is `is_anomaly`, or `score >
+  score_above` when the rule sets it, for `min_duration`; scores of a warming-up model are
+  no evidence.
+- **kpi_floor** rules read closed TUMBLING windows from `on_kpi` (hopping windows overlap and
+  are ignored). The latest `min_windows` windows with a defined KPI must all be below the
+  floor; one window at or above floor + `clear_hysteresis` clears. A re-emitted window
+  (higher version) replaces its earlier version; a version already seen is ignored.
+
+Against noise (chattering), three things, all in event time except the rate limit:
+1. hysteresis and `min_duration` from the rule;
+2. an off-delay: a threshold or anomaly alert clears only once its clear condition held for
+   `AlertSettings.clear_hold` (so a value dipping in and out does not clear at all);
+3. a re-raise holdoff: after a CLEARED the alert is not raised again for
+   `AlertSettings.reraise_holdoff`; a condition still present when it ends is raised then.
+   Delaying the re-raise (rather than the clear) keeps every CLEARED on time, so the
+   consumer's view is never more alarming than the data, and it bounds an oscillating
+   signal to one RAISED/CLEARED pair per holdoff. Held-back raises are counted (`held_back`).
+
+UPDATED events (a material change of value, a change of side, of the set of stale signals,
+of the model version, or of the rule's severity) are limited per asset to
+`max_events_per_minute` in processing time, which is what protects a consumer from a storm;
+suppressed ones are counted in `suppressed`. RAISED and CLEARED are never suppressed.
+
+Event `ts` is the event time of the data that caused the transition (the state estimate's
+ts, the score's ts, the window's end; for stale alerts the asset's event time when the change
+was seen, see `alerts_stale`); `raised_ts` that of the RAISED; `emitted_ts` is `now`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pipeline.errors import TwinError
+from pipeline.site import AnomalyRule, Asset, KpiFloorRule, Site, StaleRule, ThresholdRule
+from pipeline.stages.alerts_emit import Emitter, micros
+from pipeline.stages.alerts_rules import anomaly, kpi_floor, record_window, threshold
+from pipeline.stages.alerts_settings import AlertCounters, AlertSettings
+from pipeline.stages.alerts_stale import look, observe, stale, usable_readings
+from pipeline.stages.alerts_state import AssetAlerts
+from pipeline.stages.common import to_micros
+
+__all__ = ["AlertCounters", "AlertEngine", "AlertError", "AlertSettings"]
+
+_R = TypeVar("_R")
+
+
+class AlertError(TwinError):
+    """A record the alert stage cannot read (a field missing or of the wrong type)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _AssetRules:
+    """The rules covering one asset, by kind."""
+
+    ids: frozenset[str]
+    threshold: tuple[ThresholdRule, ...]
+    stale: tuple[StaleRule, ...]
+    anomaly: tuple[AnomalyRule, ...]
+    kpi_floor: tuple[KpiFloorRule, ...]
+    windows_kept: int
+    """Recent KPI windows to keep: enough for the longest run, with room for gaps."""
+
+
+class AlertEngine:
+    """Alert lifecycles of every asset of a site; state per asset via `snapshot`/`restore`.
+
+    Every method returns the alert_event records (dicts) it produced, in order.
+    """
+
+    def __init__(self, site: Site, settings: AlertSettings | None = None) -> None:
+        self.site = site
+        self.settings = settings if settings is not None else AlertSettings()
+        self.counters = AlertCounters()
+        self._assets: dict[str, AssetAlerts] = {}
+        self._rules = {asset.id: _rules_of(site, asset) for asset in site.assets}
+        self._gap_us = micros(self.settings.unwatched_gap.total_seconds())
+
+    @property
+    def suppressed(self) -> int:
+        """UPDATED events dropped by the per-asset rate limit since start."""
+        return self.counters.suppressed
+
+    # --- the stage -----------------------------------------------------------------------
+
+    def on_state(self, state: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """Threshold rules on the filtered levels of measured signals; refreshes freshness."""
+        return self._guard("state_estimate", state, now, self._on_state)
+
+    def on_frame(self, frame: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """Stale rules, from the usable readings of one validated frame."""
+        return self._guard("validated_frame", frame, now, self._on_frame)
+
+    def on_anomaly(self, score: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """Anomaly rules, from one anomaly_score record."""
+        return self._guard("anomaly_score", score, now, self._on_anomaly)
+
+    def on_kpi(self, window: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+        """KPI-floor rules, from one kpi_window record (TUMBLING windows only)."""
+        return self._guard("kpi_window", window, now, self._on_kpi)
+
+    def tick(self, now: datetime) -> list[dict[str, Any]]:
+        """Stale rules by processing time, for every asset this stage holds state for."""
+        now_us = to_micros(now)
+        out: list[dict[str, Any]] = []
+        for asset_id, state in self._assets.items():
+            asset = self.site.get_asset(asset_id)
+            if asset is None:
+                continue
+            look(state, now_us, self._gap_us)
+            emit = self._emitter(asset, state, now, now_us)
+            for rule in self._rules[asset_id].stale:
+                stale(emit, rule)
+            out += emit.out
+        return out
+
+    # --- state ---------------------------------------------------------------------------
+
+    def assets(self) -> list[str]:
+        return list(self._assets)
+
+    def snapshot(self, asset_id: str) -> dict[str, Any] | None:
+        state = self._assets.get(asset_id)
+        return state.snapshot() if state is not None else None
+
+    def restore(self, asset_id: str, state: dict[str, Any]) -> None:
+        """Take a `snapshot`; StageStateError if it is not one."""
+        self._assets[asset_id] = AssetAlerts.restore(state)
+
+    # --- per record ----------------------------------------------------------------------
+
+    def _on_state(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
+        t_us = to_micros(record["ts"])
+        levels = {
+            s["signal"]: float(s["value"])
+            for s in record["signals"]
+            if s["measured"] and math.isfinite(s["value"])
+        }
+        observe(state, asset, t_us, dict.fromkeys(levels, t_us), emit.now_us, self._gap_us)
+        rules = self._rules[asset.id]
+        for rule in rules.threshold:
+            level = levels.get(rule.signal)
+            if level is not None:
+                threshold(emit, rule, t_us, level)
+        for stale_rule in rules.stale:
+            stale(emit, stale_rule)
+
+    def _on_frame(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
+        newest, fresh = usable_readings(record["readings"])
+        observe(state, asset, newest, fresh, emit.now_us, self._gap_us)
+        for rule in self._rules[asset.id].stale:
+            stale(emit, rule)
+
+    def _on_anomaly(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
+        look(state, emit.now_us, self._gap_us)
+        t_us = to_micros(record["ts"])
+        for rule in self._rules[asset.id].anomaly:
+            anomaly(emit, rule, record, t_us)
+
+    def _on_kpi(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
+        look(state, emit.now_us, self._gap_us)
+        rules = self._rules[asset.id]
+        if record["window_kind"] != "TUMBLING" or not rules.kpi_floor:
+            return
+        start, end = to_micros(record["window_start"]), to_micros(record["window_end"])
+        if not record_window(state.windows, record, start, end, rules.windows_kept):
+            self.counters.stale_records += 1
+            return
+        for rule in rules.kpi_floor:
+            kpi_floor(emit, rule)
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def _guard(
+        self,
+        record_type: str,
+        record: dict[str, Any],
+        now: datetime,
+        handle: Callable[[Asset, AssetAlerts, Emitter, Any], None],
+    ) -> list[dict[str, Any]]:
+        asset_id = record.get("asset_id") if isinstance(record, dict) else None
+        asset = self.site.get_asset(asset_id) if isinstance(asset_id, str) else None
+        if asset is None:
+            if asset_id is None:
+                raise AlertError(f"alerts: {record_type} record without asset_id: {record!r:.200}")
+            self.counters.unknown_assets += 1
+            return []
+        state = self._assets.get(asset.id)
+        if state is None:
+            state = self._assets[asset.id] = AssetAlerts()
+        now_us = to_micros(now)
+        emit = self._emitter(asset, state, now, now_us)
+        try:
+            handle(asset, state, emit, record)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise AlertError(
+                f"alerts: cannot read {record_type} record of asset {asset.id}: {exc!r}"
+            ) from exc
+        return emit.out
+
+    def _emitter(self, asset: Asset, state: AssetAlerts, now: datetime, now_us: int) -> Emitter:
+        emit = Emitter(asset, state, now, now_us, self.settings, self.counters)
+        self._clear_orphans(emit)
+        return emit
+
+    def _clear_orphans(self, emit: Emitter) -> None:
+        """Clear the alerts of rules that no longer cover the asset (a site file changed
+        between a snapshot and its restore), so no alert stays open for ever."""
+        state = emit.state
+        ids = self._rules[emit.asset.id].ids
+        for rule_id in [r for r in state.alerts if r not in ids]:
+            alert = state.alerts.pop(rule_id)
+            if alert.active and alert.kind:
+                t_us = alert.last_us if alert.last_us is not None else emit.now_us
+                emit.cleared(
+                    rule_id,
+                    alert,
+                    t_us,
+                    message=f"{emit.asset.id}: rule {rule_id} is no longer in the site file",
+                )
+
+
+def _rules_of(site: Site, asset: Asset) -> _AssetRules:
+    rules = site.rules_for(asset.id)
+    kpi = _of(rules, KpiFloorRule)
+    longest = max((r.min_windows for r in kpi), default=0)
+    return _AssetRules(
+        ids=frozenset(r.id for r in rules),
+        threshold=_of(rules, ThresholdRule),
+        stale=_of(rules, StaleRule),
+        anomaly=_of(rules, AnomalyRule),
+        kpi_floor=kpi,
+        windows_kept=2 * longest + 4,
+    )
+
+
+def _of(rules: tuple[Any, ...], kind: type[_R]) -> tuple[_R, ...]:
+    return tuple(r for r in rules if isinstance(r, kind))

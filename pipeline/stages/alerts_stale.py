@@ -1,0 +1,201 @@
+"""Stale-signal rules: which readings keep a signal fresh, and when it has gone stale.
+
+Per signal the stage keeps the event time of the latest usable reading and the processing
+time it arrived. A signal is stale when either age reached the rule's `after`:
+
+- by event time: the asset's newest event time (from any of its signals, usable or not)
+  minus the signal's latest usable reading: a frame arrives whose other readings are fresh
+  but this signal's are missing, BAD or frozen;
+- by processing time: `now` minus the arrival of the signal's latest usable reading: the
+  asset stopped sending entirely, so no frame arrives to show it (seen by `tick`).
+
+Processing time during which the stage itself did not look at the asset (longer than
+`AlertSettings.unwatched_gap`: a restart, a paused worker) is not counted as silence, so a
+worker that resumes after a minute does not raise every stale alert it owns before it has
+read the backlog.
+
+An event's `ts` is the asset's event time when the change was seen: its newest event time,
+advanced by the processing time since that arrived (which only matters for `tick`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from pipeline.site import ALL_SIGNALS, Asset, OpcUaSignalBinding, StaleRule
+from pipeline.stages.alerts_emit import Emitter, micros
+from pipeline.stages.alerts_events import base_context, seconds
+from pipeline.stages.alerts_state import AssetAlerts, Step
+from pipeline.stages.common import to_micros
+
+FRESHNESS_UNUSABLE = frozenset(
+    {
+        "NOT_FINITE",
+        "OUT_OF_PHYSICAL_RANGE",
+        "STALE",
+        "FUTURE_TIMESTAMP",
+        "TOO_OLD",
+        "DUPLICATE",
+        "UNKNOWN_SIGNAL",
+        "DEVICE_BAD",
+        "DEVICE_UNCERTAIN",
+    }
+)
+"""Flags of a reading that does not show a live sensor: broken, frozen (the validator's
+STALE), untimely, repeated, or a value the device itself only vouches for as a last usable
+one. The validator's own suspicions (rate of change, expected range, order) still show a
+live sensor."""
+
+UNTRUSTED_TIME = frozenset({"FUTURE_TIMESTAMP", "TOO_OLD"})
+
+
+def watched_signals(asset: Asset, rule: StaleRule) -> tuple[str, ...]:
+    """The signals a stale rule watches on an asset. `all` leaves out signals reported by
+    exception (an OPC UA deadband): their silence means an unchanged value, not a dead
+    sensor; a rule naming such a signal still watches it."""
+    if rule.signal != ALL_SIGNALS:
+        return (rule.signal,)
+    return tuple(
+        name
+        for name, signal in asset.signals.items()
+        if not (isinstance(signal.binding, OpcUaSignalBinding) and signal.binding.deadband)
+    )
+
+
+def usable_readings(readings: Iterable[dict[str, Any]]) -> tuple[int | None, dict[str, int]]:
+    """A validated frame's newest trusted event time, and per signal the event time of its
+    newest reading that shows a live sensor."""
+    newest: int | None = None
+    fresh: dict[str, int] = {}
+    for reading in readings:
+        flags = reading["flags"]
+        t_us = to_micros(reading["ts"])
+        if UNTRUSTED_TIME.isdisjoint(flags) and (newest is None or t_us > newest):
+            newest = t_us
+        value = reading["value"]
+        if (
+            reading["quality"] == "BAD"
+            or value - value != 0.0  # NaN or infinite
+            or not FRESHNESS_UNUSABLE.isdisjoint(flags)
+        ):
+            continue
+        signal = reading["signal"]
+        if t_us > fresh.get(signal, -1):
+            fresh[signal] = t_us
+    return newest, fresh
+
+
+def observe(
+    state: AssetAlerts,
+    asset: Asset,
+    newest: int | None,
+    fresh: dict[str, int],
+    now_us: int,
+    unwatched_gap_us: int,
+) -> None:
+    """Take what one record says about the asset's liveness."""
+    look(state, now_us, unwatched_gap_us)
+    if newest is not None and (state.clock_us is None or newest >= state.clock_us):
+        state.clock_us = newest
+        state.clock_arrival_us = now_us
+    if not state.fresh:
+        if state.clock_us is None:
+            return  # nothing with a trusted time yet: freshness starts with the first
+        # First sight of the asset: a signal that never reports goes stale `after` from now.
+        for name in asset.signals:
+            state.fresh[name] = [state.clock_us, now_us]
+    for name, t_us in fresh.items():
+        entry = state.fresh.get(name)
+        if entry is None:
+            continue  # a signal the asset does not have
+        if t_us >= entry[0]:
+            entry[0] = t_us
+        entry[1] = now_us
+
+
+def look(state: AssetAlerts, now_us: int, unwatched_gap_us: int) -> None:
+    """Note that the stage looks at the asset now; excuse the time it did not."""
+    if state.watched_us is not None:
+        gap = now_us - state.watched_us
+        if gap > unwatched_gap_us:
+            for entry in state.fresh.values():
+                entry[1] += gap
+            if state.clock_arrival_us is not None:
+                state.clock_arrival_us += gap
+    if state.watched_us is None or now_us > state.watched_us:
+        state.watched_us = now_us
+
+
+def stale(emit: Emitter, rule: StaleRule) -> None:
+    """Evaluate one stale rule on the asset's freshness."""
+    state = emit.state
+    if state.clock_us is None or not state.fresh:
+        return
+    after = micros(rule.after.total_seconds())
+    clock = state.clock_us
+    arrival = state.clock_arrival_us if state.clock_arrival_us is not None else emit.now_us
+    t_us = clock + max(0, emit.now_us - arrival)
+    silent: dict[str, int] = {}
+    for name in watched_signals(emit.asset, rule):
+        entry = state.fresh.get(name)
+        if entry is None:
+            continue
+        age = max(clock - entry[0], emit.now_us - entry[1])
+        if age >= after:
+            silent[name] = age
+    alert = state.alert(rule.id)
+    step, t_us = alert.advance(t_us, bool(silent), not silent, emit.timing(clear_hold=False))
+    emit.held(step)
+    if step in (Step.QUIET, Step.HELD, Step.CLEARING):
+        return
+
+    names = sorted(silent)
+    detail = ",".join(names)
+    one = rule.signal if rule.signal != ALL_SIGNALS else None
+    context = base_context(emit.asset, rule) | {"after_s": f"{rule.after.total_seconds():g}"}
+    if names:
+        context["stale_signals"] = detail
+    what = _signals(names, rule)
+    if step is Step.RAISE:
+        message = (
+            f"{emit.asset.id}: no usable reading of {what} for {seconds(max(silent.values()))} "
+            f"(limit {seconds(after)})"
+        )
+        emit.raised(
+            rule,
+            alert,
+            t_us,
+            message=message,
+            value=None,
+            detail=detail,
+            signal=one,
+            context=context,
+        )
+        return
+    raised_us = alert.raised_us if alert.raised_us is not None else t_us
+    if step is Step.CLEAR:
+        message = (
+            f"{emit.asset.id}: readings of {_signals(alert.detail.split(','), rule)} are back "
+            f"(stale for {seconds(t_us - raised_us)})"
+        )
+        emit.cleared(rule.id, alert, t_us, message=message, signal=one, context=context)
+        return
+    if emit.changed(rule, alert, None, detail, 0.0):
+        message = f"{emit.asset.id}: no usable reading of {what} (limit {seconds(after)})"
+        emit.updated(
+            rule,
+            alert,
+            t_us,
+            message=message,
+            value=None,
+            detail=detail,
+            signal=one,
+            context=context,
+        )
+
+
+def _signals(names: list[str], rule: StaleRule) -> str:
+    if rule.signal != ALL_SIGNALS or len(names) == 1:
+        return names[0] if names else rule.signal
+    return f"{len(names)} signals ({', '.join(names)})"
