@@ -28,6 +28,7 @@ COMMANDS = (
     "sql",
     "demo",
     "bench",
+    "evaluate",
     "connect",
     "simulate",
     "sink",

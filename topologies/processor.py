@@ -2,11 +2,13 @@
 
 decode -> validate -> (telemetry.valid, telemetry.deadletter)
                    -> estimate -> twin.state
+                               -> anomaly -> twin.anomaly
                    -> kpi      -> twin.kpi
                    -> alerts   -> twin.alerts   (fed by every stage's output, see below)
 
-The alert stage hears the validated frame (stale sensors), the state estimate (thresholds on
-the filtered level) and every KPI window (KPI floors); `tick` closes idle windows and raises
+The anomaly stage scores every state estimate. The alert stage hears the validated frame
+(stale sensors), the state estimate (thresholds on the filtered level), the anomaly score
+and every KPI window (KPI floors); `tick` closes idle windows and raises
 stale alerts of assets that stopped sending.
 
 The Faust topology (`topologies/agents.py`) hands each batch of `telemetry.raw` messages to
@@ -28,6 +30,7 @@ from pipeline.errors import SerdeError
 from pipeline.serde import AvroSerde
 from pipeline.site import Site
 from pipeline.stages.alerts import AlertEngine
+from pipeline.stages.anomaly import AnomalyDetector
 from pipeline.stages.common import Origin
 from pipeline.stages.estimate import Estimator
 from pipeline.stages.kpi import KpiWindows
@@ -36,7 +39,7 @@ from pipeline.stages.validate import Validator
 log = logging.getLogger(__name__)
 
 #: The stages whose state is kept per asset, in the order a frame passes them.
-STAGES = ("validate", "estimate", "kpi", "alerts")
+STAGES = ("validate", "estimate", "anomaly", "kpi", "alerts")
 
 StateLoader = Callable[[str, str], "dict[str, Any] | None"]
 
@@ -92,6 +95,7 @@ class FrameProcessor:
                 "telemetry.valid",
                 "telemetry.deadletter",
                 "twin.state",
+                "twin.anomaly",
                 "twin.kpi",
                 "twin.alerts",
             )
@@ -103,6 +107,7 @@ class FrameProcessor:
         self.validator = Validator(self.site)
         self.estimator = Estimator(self.site)
         self.kpi = KpiWindows(self.site)
+        self.anomaly = AnomalyDetector(self.site)
         self.alerts = AlertEngine(self.site)
         self._loaded: set[str] = set()
 
@@ -148,12 +153,15 @@ class FrameProcessor:
             return
         key = asset_id.encode()
         state = self.estimator.estimate(valid)
+        score = self.anomaly.score(state)
         windows = self.kpi.add(valid, now)
         alerts = self.alerts.on_frame(valid, now) + self.alerts.on_state(state, now)
+        alerts += self.alerts.on_anomaly(score, now)
         for window in windows:
             alerts += self.alerts.on_kpi(window, now)
         outputs = [("telemetry.valid", "validated_frame", valid)]
         outputs.append(("twin.state", "state_estimate", state))
+        outputs.append(("twin.anomaly", "anomaly_score", score))
         outputs += [("twin.kpi", "kpi_window", w) for w in windows]
         outputs += [("twin.alerts", "alert_event", a) for a in alerts]
         for topic, record_type, record in outputs:
@@ -193,6 +201,7 @@ class FrameProcessor:
         stages = {
             "validate": self.validator,
             "estimate": self.estimator,
+            "anomaly": self.anomaly,
             "kpi": self.kpi,
             "alerts": self.alerts,
         }
