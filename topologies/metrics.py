@@ -1,7 +1,9 @@
 """Prometheus metrics of the stream agents (`twin worker --metrics-port P`: /metrics).
 
-Per stage (validate, estimate, kpi): frames in and out, readings in and out, dead letters by
-reason, readings by validation flag, KPI readings left out and windows emitted; per batch:
+Per stage (validate, estimate, anomaly, kpi): frames in and out, readings in and out, dead
+letters by reason, readings by validation flag, KPI readings left out and windows emitted;
+anomalous scores; alert events by transition, updates dropped by the rate limit and raises
+held back by the re-raise holdoff; per batch:
 processing time and size; per partition of telemetry.raw: consumer lag. The counts come
 from the stages' own `stats` (Validator.stats, KpiWindows.stats) where a stage keeps them,
 so nothing is counted twice; `StageMetrics.observe` turns their growth since the last batch
@@ -49,6 +51,16 @@ KPI_READINGS_EXCLUDED = Counter(
 )
 KPI_WINDOWS_REVISED = Counter(
     "twin_kpi_windows_revised", "KPI windows re-emitted with a higher version after late data"
+)
+ANOMALIES = Counter("twin_anomaly_flagged", "Anomaly scores with is_anomaly set")
+ALERT_EVENTS = Counter(
+    "twin_alert_events", "Alert events sent to twin.alerts, by transition", ["event"]
+)
+ALERTS_SUPPRESSED = Counter(
+    "twin_alert_updates_suppressed", "UPDATED alert events dropped by the per-asset rate limit"
+)
+ALERTS_HELD_BACK = Counter(
+    "twin_alert_raises_held_back", "Alert raises held back by the re-raise holdoff"
 )
 BATCH_SECONDS = Histogram(
     "twin_worker_batch_seconds",
@@ -102,6 +114,20 @@ class StageMetrics:
         FRAMES_IN.labels(stage="estimate").inc(result.frames)
         FRAMES_OUT.labels(stage="estimate").inc(result.frames)
         READINGS_IN.labels(stage="estimate").inc(result.readings)
+
+        FRAMES_IN.labels(stage="anomaly").inc(result.frames)
+        FRAMES_OUT.labels(stage="anomaly").inc(result.frames)
+        ANOMALIES.inc(result.anomalies)
+        for event, n in result.alert_events.items():
+            ALERT_EVENTS.labels(event=event).inc(n)
+        counters = processor.alerts.counters
+        alerts = self._growth(
+            "alerts",
+            processor.alerts,
+            {"suppressed": counters.suppressed, "held_back": counters.held_back},
+        )
+        ALERTS_SUPPRESSED.inc(alerts["suppressed"])
+        ALERTS_HELD_BACK.inc(alerts["held_back"])
 
         kpi = self._growth("kpi", processor.kpi, _counts(vars_of(processor.kpi.stats)))
         FRAMES_IN.labels(stage="kpi").inc(kpi["frames"])

@@ -21,6 +21,7 @@ restarted or rebalanced worker resumes where the previous owner stopped.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -68,6 +69,10 @@ class BatchResult:
     frames: int = 0
     readings: int = 0
     dead_letters: int = 0
+    anomalies: int = 0
+    """Anomaly scores with is_anomaly set."""
+    alert_events: Counter[str] = field(default_factory=Counter)
+    """Alert events by transition (RAISED, UPDATED, CLEARED)."""
 
 
 def utc_now() -> datetime:
@@ -167,6 +172,8 @@ class FrameProcessor:
         for topic, record_type, record in outputs:
             self._emit(result, topic, key, record_type, record)
         result.touched.add(asset_id)
+        result.anomalies += bool(score["is_anomaly"])
+        result.alert_events.update(str(a["event"]) for a in alerts)
         result.frames += 1
         result.readings += len(valid["readings"])
 
@@ -188,6 +195,7 @@ class FrameProcessor:
         for alert in alerts + self.alerts.tick(now):
             asset_id = str(alert["asset_id"])
             result.touched.add(asset_id)
+            result.alert_events[str(alert["event"])] += 1
             self._emit(result, "twin.alerts", asset_id.encode(), "alert_event", alert)
         return result
 

@@ -69,3 +69,28 @@ def test_a_batch_moves_the_stage_counters_by_what_the_stages_counted() -> None:
     again = processor.process(more[:2])
     metrics.observe(processor, again, 0.01, 2)
     assert snapshot()["valid_in"] - after["valid_in"] == 2
+
+
+def test_anomalies_and_alert_events_are_counted() -> None:
+    site = load_site(DEFAULT_SITE)
+    serde = AvroSerde.local()
+    messages = raw_messages(site, serde, seconds=300, scenario="faults")
+    processor = FrameProcessor(site, serde, clock=clock_after(messages))
+    metrics = StageMetrics()
+    names = ("RAISED", "UPDATED", "CLEARED")
+    before = {e: sample("twin_alert_events_total", event=e) for e in names}
+    flagged = sample("twin_anomaly_flagged_total")
+    suppressed = sample("twin_alert_updates_suppressed_total")
+
+    result = processor.process(messages)
+    metrics.observe(processor, result, 0.5, len(messages))
+
+    events = [serde.decode(o.value).record["event"] for o in result.outputs if "alerts" in o.topic]
+    for event in names:
+        grew = sample("twin_alert_events_total", event=event) - before[event]
+        assert grew == events.count(event)
+    assert events.count("RAISED") >= 4
+    scores = [serde.decode(o.value).record for o in result.outputs if "anomaly" in o.topic]
+    assert sample("twin_anomaly_flagged_total") - flagged == sum(s["is_anomaly"] for s in scores)
+    assert result.anomalies > 0
+    assert sample("twin_alert_updates_suppressed_total") - suppressed == processor.alerts.suppressed
