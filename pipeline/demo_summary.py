@@ -48,6 +48,11 @@ class StoredCounts:
     state_rows: int = 0
     kpi_windows: int = 0
     kpi_windows_by_kind: dict[str, int] = field(default_factory=dict)
+    anomaly_rows: int = 0
+    anomalies_flagged: int = 0
+    alert_events_by_kind: dict[str, int] = field(default_factory=dict)
+    alerts_raised: list[str] = field(default_factory=list)
+    """alert_id of every alert raised in the run, in order of event time."""
 
 
 def _literal(ts: datetime) -> str:
@@ -86,6 +91,24 @@ def stored_counts(client: Client, since: datetime) -> StoredCounts:
     )
     counts.kpi_windows_by_kind = {str(r[0]): int(r[1]) for r in rows}
     counts.kpi_windows = sum(counts.kpi_windows_by_kind.values())
+    counts.anomaly_rows = _one(
+        client, f"SELECT count() FROM anomalies FINAL WHERE ingest_ts >= {s}"
+    )
+    counts.anomalies_flagged = _one(
+        client, f"SELECT countIf(is_anomaly) FROM anomalies FINAL WHERE ingest_ts >= {s}"
+    )
+    _, rows = run_query(
+        client,
+        "SELECT event, count() FROM alerts FINAL "
+        f"WHERE emitted_ts >= {s} GROUP BY event ORDER BY event",
+    )
+    counts.alert_events_by_kind = {str(r[0]): int(r[1]) for r in rows}
+    _, rows = run_query(
+        client,
+        "SELECT alert_id FROM alerts FINAL "
+        f"WHERE emitted_ts >= {s} AND event = 'RAISED' ORDER BY ts, alert_id",
+    )
+    counts.alerts_raised = [str(r[0]) for r in rows]
     return counts
 
 

@@ -91,6 +91,11 @@ def print_summary(report: DemoReport, site_name: str) -> None:
     print(f"State rows    {f['state_rows']}")
     kinds = ", ".join(f"{k} {v}" for k, v in f["kpi_windows_by_kind"].items())
     print(f"KPI windows   {f['kpi_windows']}  ({kinds or 'none closed'})")
+    print(f"Anomaly rows  {f['anomaly_rows']}  ({f['anomalies_flagged']} flagged anomalous)")
+    events = ", ".join(f"{k} {v}" for k, v in f["alert_events_by_kind"].items())
+    print(f"Alert events  {sum(f['alert_events_by_kind'].values())}  ({events or 'none'})")
+    if f["alerts_raised"]:
+        print(f"  raised: {', '.join(f['alerts_raised'])}")
     print(
         f"Latency       p50 {_fmt(f['latency_p50_ms'], ' ms')}, "
         f"p99 {_fmt(f['latency_p99_ms'], ' ms')}  (connector ingest -> record on twin.state)"

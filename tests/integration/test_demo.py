@@ -45,6 +45,10 @@ def test_demo_runs_the_whole_pipeline_and_accounts_for_every_reading(tmp_path: P
     assert report["state_rows"] >= report["frames_published"]
     assert report["kpi_windows"] > 0
     assert report["kpi_windows_by_kind"].get("TUMBLING", 0) > 0
+    # One anomaly score per state record; the fault scenario's stuck sensor (cnc-01 from 30 s)
+    # raises its site rule's stale alert, stored in ClickHouse.
+    assert report["anomaly_rows"] == report["latency_samples"]
+    assert "cnc-01:cnc-stale" in report["alerts_raised"]
     assert report["estimate_points"] > 1000
     assert report["estimate_rmse_ratio"] < 1
     assert 0 < report["latency_p50_ms"] <= report["latency_p99_ms"]
