@@ -9,12 +9,14 @@ messages in, outputs out, and keeps each asset's stage state in changelog-backed
   lands in the same partition number as the asset's telemetry (murmur2, as every producer
   here uses), and the changelog topics are the compacted `<app id>-<stage>-state-changelog`
   topics that `twin topics create` makes.
-- At-least-once: offsets are acked after the batch's outputs were handed to the producer.
+- At-least-once: a batch's outputs are confirmed by the broker before the stage state that
+  follows from them is written, and offsets are acked after both.
   The embedded broker has no transactions (DESIGN.md), so never exactly_once here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -87,13 +89,21 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
     stage_metrics = StageMetrics()
 
     async def publish(result: BatchResult) -> None:
+        # Outputs are sent now (force: not attached to the source event, which Faust would
+        # send only when that event is acked) and confirmed before the state that follows
+        # from them is written. Otherwise a worker stopped in between can leave the tables
+        # ahead of the topics: the restored validator then takes the redelivered frame for a
+        # duplicate, and its outputs are lost.
+        pending = []
         for output in result.outputs:
             topic = out_topics.get(output.topic)
             if topic is None:
                 topic = out_topics[output.topic] = app.topic(
                     output.topic, key_type=bytes, value_type=bytes, value_serializer="raw"
                 )
-            await topic.send(key=output.key, value=output.value)
+            pending.append(await topic.send(key=output.key, value=output.value, force=True))
+        if pending:
+            await asyncio.gather(*pending)
         for asset_id in result.touched:
             key = asset_id.encode()
             for stage in STAGES:
