@@ -1,0 +1,77 @@
+"""`twin bench` (the pipeline suite) runs end to end on a tiny workload and reports every
+figure. Nothing about speed is asserted: the figures must only be present and consistent."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import PROJECT_ROOT
+
+pytestmark = pytest.mark.integration
+
+KEYS = (
+    "readings_per_s",
+    "raw_per_s",
+    "ratio",
+    "naive_per_s",
+    "speedup_vs_naive",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "alert_latency_p50_ms",
+    "alert_latency_p99_ms",
+    "rss_mb",
+    "cost_growth",
+    "workload",
+    "machine",
+)
+
+
+def test_pipeline_bench_reports_every_figure_of_one_run() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TWIN_")}
+    argv = [sys.executable, "-m", "pipeline.cli", "bench", "--assets", "20", "--readings",
+            "20000", "--latency-s", "3", "--rate", "2000", "--naive-readings", "1000",
+            "--no-growth", "--json"]  # fmt: skip
+    done = subprocess.run(
+        argv, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    for key in KEYS:
+        assert key in report, key
+
+    workload = report["workload"]
+    assert workload["assets"] == 20
+    assert workload["signals_per_asset"] == 19  # 16 gauges, the state code, two counters
+    assert workload["readings"] >= 20_000
+    assert workload["frames"] * workload["readings_per_frame"] == pytest.approx(
+        workload["readings"], rel=0.01
+    )
+    assert workload["frame_bytes"] > 0 and workload["faults"]
+
+    pipeline = report["pipeline"]
+    assert pipeline["readings"] == workload["readings"]
+    # Every reading of a frame the validator passed is stored once.
+    assert pipeline["rows_stored"] == pipeline["rows_expected"]
+    assert pipeline["state_records"] >= workload["frames"] - pipeline["dead_letters"]
+    assert 0 < pipeline["worker_done_s"] <= pipeline["seconds"]
+
+    for rate in ("readings_per_s", "raw_per_s", "naive_per_s"):
+        assert report[rate] > 0, rate
+    assert report["ratio"] == pytest.approx(report["readings_per_s"] / report["raw_per_s"], 0.01)
+    assert report["speedup_vs_naive"] == pytest.approx(
+        report["readings_per_s"] / report["naive_per_s"], 0.05
+    )
+    assert report["naive"]["readings"] >= 1000
+
+    latency = report["latency"]
+    assert latency["frames_sent"] > 0 and latency["state_samples"] > 0
+    assert 0 < report["latency_p50_ms"] <= report["latency_p99_ms"]
+    assert (report["alert_latency_p50_ms"] is None) == (latency["alert_samples"] == 0)
+    assert report["rss_mb"] > 0
+    assert report["cost_growth"] is None  # --no-growth
+    assert report["machine"]["cpus"] >= 1
