@@ -43,13 +43,15 @@ TOPICS: tuple[TopicSpec, ...] = (
     # The plant simulator's noise-free values, as telemetry frames (source_id "sim-truth"), so
     # estimates and detections can be measured against the truth.
     TopicSpec("sim.truth", "telemetry_frame", "simulator ground truth", retention_ms=DAY_MS),
-    # State of the stream agents (changelog-backed tables): compacted, never expired, so a
+    # State of the stream agents (a changelog-backed table): compacted, never expired, so a
     # restarted or rebalanced worker restores the latest state of every key.
-    TopicSpec("twinline-validate-state-changelog", None, "validator state", compacted=True),
-    TopicSpec("twinline-estimate-state-changelog", None, "Kalman filter state", compacted=True),
-    TopicSpec("twinline-kpi-state-changelog", None, "open KPI windows", compacted=True),
-    TopicSpec("twinline-anomaly-state-changelog", None, "detector models", compacted=True),
-    TopicSpec("twinline-alerts-state-changelog", None, "open alerts", compacted=True),
+    TopicSpec(
+        "twinline-state-changelog",
+        None,
+        "every stage's state per asset (validator, Kalman filters, KPI windows, detector "
+        "models, open alerts)",
+        compacted=True,
+    ),
 )
 
 

@@ -12,10 +12,11 @@ and every KPI window (KPI floors); `tick` closes idle windows and raises
 stale alerts of assets that stopped sending.
 
 The Faust topology (`topologies/agents.py`) hands each batch of `telemetry.raw` messages to
-`FrameProcessor.process`, sends the returned outputs, and persists `snapshot(asset)` of every
-asset the batch touched into its changelog-backed tables (one write per asset per batch).
-State of an asset not seen yet by this process is loaded lazily through `load_state`, so a
-restarted or rebalanced worker resumes where the previous owner stopped.
+`FrameProcessor.process`, sends the returned outputs, and persists `snapshot_asset(asset)` of
+every asset the batches touched into its changelog-backed table (one record per asset with
+every stage's snapshot). State of an asset not seen yet by this process is loaded lazily
+through `load_state` (all stages of one asset at once), so a restarted or rebalanced worker
+resumes where the previous owner stopped.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 #: The stages whose state is kept per asset, in the order a frame passes them.
 STAGES = ("validate", "estimate", "anomaly", "kpi", "alerts")
 
-StateLoader = Callable[[str, str], "dict[str, Any] | None"]
+StateLoader = Callable[[str], "dict[str, dict[str, Any]] | None"]
+"""asset_id -> {stage: snapshot} as `snapshot_asset` gave it, or None for an asset never seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,22 @@ class FrameProcessor:
     def restore(self, stage: str, asset_id: str, state: dict[str, Any]) -> None:
         self._stage(stage).restore(asset_id, state)
 
+    def snapshot_asset(self, asset_id: str) -> dict[str, dict[str, Any]] | None:
+        """{stage: snapshot} of every stage holding state for the asset; None if none does."""
+        states = {}
+        for stage in STAGES:
+            state = self._stage(stage).snapshot(asset_id)
+            if state is not None:
+                states[stage] = state
+        return states or None
+
+    def restore_asset(self, asset_id: str, states: dict[str, dict[str, Any]]) -> None:
+        """Restore what `snapshot_asset` gave (stages missing from it start afresh)."""
+        for stage in STAGES:
+            state = states.get(stage)
+            if state is not None:
+                self._stage(stage).restore(asset_id, state)
+
     def _stage(self, stage: str) -> Any:
         stages = {
             "validate": self.validator,
@@ -221,10 +239,9 @@ class FrameProcessor:
         self._loaded.add(asset_id)
         if self._load_state is None:
             return
-        for stage in STAGES:
-            state = self._load_state(stage, asset_id)
-            if state is not None:
-                self.restore(stage, asset_id, state)
+        states = self._load_state(asset_id)
+        if states is not None:
+            self.restore_asset(asset_id, states)
 
     def _decode(
         self, message: RawMessage, origin: Origin, now: datetime, result: BatchResult

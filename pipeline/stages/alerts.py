@@ -18,7 +18,9 @@ Where the evidence comes from:
   each reading with its own time and quality, and an outlier the estimator rejects still
   shows a live sensor. `on_state` refreshes too (a signal with `measured` true, at the
   estimate's time), so either wiring works; with both, the later reading counts. `tick`
-  raises stale alerts of assets that stopped sending entirely.
+  raises stale alerts of assets that stopped sending entirely; it looks only at the assets
+  where it can change something (see `ticks`), so its cost does not grow with the number of
+  assets.
 - **anomaly** rules read `on_anomaly`: the condition is `is_anomaly`, or `score >
   score_above` when the rule sets it, for `min_duration`; scores of a warming-up model are
   no evidence.
@@ -45,6 +47,9 @@ suppressed ones are counted in `suppressed`. RAISED and CLEARED are never suppre
 Event `ts` is the event time of the data that caused the transition (the state estimate's
 ts, the score's ts, the window's end; for stale alerts the asset's event time when the change
 was seen, see `alerts_stale`); `raised_ts` that of the RAISED; `emitted_ts` is `now`.
+
+A record of a kind no rule of its asset reads costs next to nothing (an asset without stale
+rules keeps no freshness, so its validated frames are not even read).
 """
 
 from __future__ import annotations
@@ -60,13 +65,17 @@ from pipeline.site import AnomalyRule, Asset, KpiFloorRule, Site, StaleRule, Thr
 from pipeline.stages.alerts_emit import Emitter, micros
 from pipeline.stages.alerts_rules import anomaly, kpi_floor, record_window, threshold
 from pipeline.stages.alerts_settings import AlertCounters, AlertSettings
-from pipeline.stages.alerts_stale import look, observe, stale, usable_readings
-from pipeline.stages.alerts_state import AssetAlerts
-from pipeline.stages.common import to_micros
+from pipeline.stages.alerts_stale import StaleWatch, look, observe, stale, usable_readings
+from pipeline.stages.alerts_state import AssetAlerts, Timing
+from pipeline.stages.common import from_micros, to_micros
+from pipeline.stages.ticks import DUE_NOW, TickSchedule
 
 __all__ = ["AlertCounters", "AlertEngine", "AlertError", "AlertSettings"]
 
 _R = TypeVar("_R")
+Handler = Callable[[Asset, AssetAlerts, "Emitter", Any], "int | None"]
+"""Applies one record; returns when a tick next has work for the asset (`stale`), if the
+record may have brought that forward."""
 
 
 class AlertError(TwinError):
@@ -79,11 +88,15 @@ class _AssetRules:
 
     ids: frozenset[str]
     threshold: tuple[ThresholdRule, ...]
-    stale: tuple[StaleRule, ...]
+    stale: tuple[StaleWatch, ...]
     anomaly: tuple[AnomalyRule, ...]
     kpi_floor: tuple[KpiFloorRule, ...]
     windows_kept: int
     """Recent KPI windows to keep: enough for the longest run, with room for gaps."""
+    threshold_signals: frozenset[str]
+    reads: frozenset[str]
+    """Record types with work for the asset's rules: stale rules need every record (each
+    says the stage looked at the asset), the others only their own kind."""
 
 
 class AlertEngine:
@@ -99,6 +112,12 @@ class AlertEngine:
         self._assets: dict[str, AssetAlerts] = {}
         self._rules = {asset.id: _rules_of(site, asset) for asset in site.assets}
         self._gap_us = micros(self.settings.unwatched_gap.total_seconds())
+        # A pause between ticks longer than the unwatched gap is excused per asset: such a
+        # tick must look at every asset, as the one after a restart does.
+        self._ticks = TickSchedule(max_gap_us=self._gap_us)
+        self._timings: dict[tuple[float, bool], Timing] = {}
+        self._unchecked: set[str] = set()
+        """Restored assets whose alerts may belong to rules no longer in the site file."""
 
     @property
     def suppressed(self) -> int:
@@ -124,18 +143,18 @@ class AlertEngine:
         return self._guard("kpi_window", window, now, self._on_kpi)
 
     def tick(self, now: datetime) -> list[dict[str, Any]]:
-        """Stale rules by processing time, for every asset this stage holds state for."""
+        """Stale rules by processing time, for the assets where they can change something."""
         now_us = to_micros(now)
         out: list[dict[str, Any]] = []
-        for asset_id, state in self._assets.items():
+        for asset_id, skipped in self._ticks.tick(now_us):
             asset = self.site.get_asset(asset_id)
             if asset is None:
                 continue
-            look(state, now_us, self._gap_us)
-            emit = self._emitter(asset, state, now, now_us)
-            for rule in self._rules[asset_id].stale:
-                stale(emit, rule)
-            out += emit.out
+            state = self._assets[asset_id]
+            if skipped is not None:
+                out += self._look(asset, state, from_micros(skipped), skipped, skipped=True)
+            out += self._look(asset, state, now, now_us)
+            self.counters.assets_ticked += 1
         return out
 
     # --- state ---------------------------------------------------------------------------
@@ -145,53 +164,108 @@ class AlertEngine:
 
     def snapshot(self, asset_id: str) -> dict[str, Any] | None:
         state = self._assets.get(asset_id)
-        return state.snapshot() if state is not None else None
+        if state is None:
+            return None
+        asset = self.site.get_asset(asset_id)
+        if asset is not None:
+            # Nothing to emit: a tick that had something would not have skipped the asset.
+            self._catch_up(asset, state)
+        return state.snapshot()
 
     def restore(self, asset_id: str, state: dict[str, Any]) -> None:
         """Take a `snapshot`; StageStateError if it is not one."""
         self._assets[asset_id] = AssetAlerts.restore(state)
+        self._ticks.add(asset_id)
+        self._ticks.due(asset_id, DUE_NOW)  # the time since the snapshot may be excused
+        self._unchecked.add(asset_id)
 
     # --- per record ----------------------------------------------------------------------
 
-    def _on_state(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
+    def _on_state(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> int | None:
         t_us = to_micros(record["ts"])
-        levels = {
-            s["signal"]: float(s["value"])
-            for s in record["signals"]
-            if s["measured"] and math.isfinite(s["value"])
-        }
-        observe(state, asset, t_us, dict.fromkeys(levels, t_us), emit.now_us, self._gap_us)
         rules = self._rules[asset.id]
+        if rules.stale:
+            levels = {
+                s["signal"]: s["value"]
+                for s in record["signals"]
+                if s["measured"] and math.isfinite(s["value"])
+            }
+            observe(state, asset, t_us, dict.fromkeys(levels, t_us), emit.now_us, self._gap_us)
+        else:
+            wanted = rules.threshold_signals
+            levels = {
+                s["signal"]: s["value"]
+                for s in record["signals"]
+                if s["signal"] in wanted and s["measured"] and math.isfinite(s["value"])
+            }
         for rule in rules.threshold:
             level = levels.get(rule.signal)
             if level is not None:
-                threshold(emit, rule, t_us, level)
-        for stale_rule in rules.stale:
-            stale(emit, stale_rule)
+                threshold(emit, rule, t_us, float(level))
+        return _stale_rules(emit, rules)
 
-    def _on_frame(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
+    def _on_frame(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> int | None:
         newest, fresh = usable_readings(record["readings"])
         observe(state, asset, newest, fresh, emit.now_us, self._gap_us)
-        for rule in self._rules[asset.id].stale:
-            stale(emit, rule)
+        return _stale_rules(emit, self._rules[asset.id])
 
-    def _on_anomaly(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
-        look(state, emit.now_us, self._gap_us)
-        t_us = to_micros(record["ts"])
-        for rule in self._rules[asset.id].anomaly:
-            anomaly(emit, rule, record, t_us)
-
-    def _on_kpi(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> None:
-        look(state, emit.now_us, self._gap_us)
+    def _on_anomaly(
+        self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any
+    ) -> int | None:
         rules = self._rules[asset.id]
+        if rules.stale:
+            look(state, emit.now_us, self._gap_us)
+        t_us = to_micros(record["ts"])
+        for rule in rules.anomaly:
+            anomaly(emit, rule, record, t_us)
+        return None
+
+    def _on_kpi(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> int | None:
+        rules = self._rules[asset.id]
+        if rules.stale:
+            look(state, emit.now_us, self._gap_us)
         if record["window_kind"] != "TUMBLING" or not rules.kpi_floor:
-            return
+            return None
         start, end = to_micros(record["window_start"]), to_micros(record["window_end"])
         if not record_window(state.windows, record, start, end, rules.windows_kept):
             self.counters.stale_records += 1
-            return
+            return None
         for rule in rules.kpi_floor:
             kpi_floor(emit, rule)
+        return None
+
+    # --- ticks ---------------------------------------------------------------------------
+
+    def _look(
+        self, asset: Asset, state: AssetAlerts, now: datetime, now_us: int, skipped: bool = False
+    ) -> list[dict[str, Any]]:
+        """What a tick does for one asset: its stale rules by processing time. Sets when the
+        next tick has work for the asset.
+
+        A tick the asset `skipped` was regular, as were those before it that the asset
+        skipped: each came within the unwatched gap of the one before, so none of them
+        excused any time. It had nothing to do (or it would not have been skipped), so the
+        asset's due time stands."""
+        rules = self._rules[asset.id]
+        if rules.stale:
+            if not skipped:
+                look(state, now_us, self._gap_us)
+            elif state.watched_us is None or now_us > state.watched_us:
+                state.watched_us = now_us
+        emit = self._emitter(asset, state, now, now_us)
+        due = _stale_rules(emit, rules)
+        if not skipped:
+            self._ticks.due(asset.id, due)
+        return emit.out
+
+    def _catch_up(self, asset: Asset, state: AssetAlerts) -> list[dict[str, Any]]:
+        """Apply the latest tick that skipped the asset (it was due for nothing, so this only
+        updates when the stage last looked, and the alerts' latest event time)."""
+        skipped = self._ticks.skipped(asset.id)
+        if skipped is None:
+            return []
+        self._ticks.caught_up(asset.id)
+        return self._look(asset, state, from_micros(skipped), skipped, skipped=True)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -200,7 +274,7 @@ class AlertEngine:
         record_type: str,
         record: dict[str, Any],
         now: datetime,
-        handle: Callable[[Asset, AssetAlerts, Emitter, Any], None],
+        handle: Handler,
     ) -> list[dict[str, Any]]:
         asset_id = record.get("asset_id") if isinstance(record, dict) else None
         asset = self.site.get_asset(asset_id) if isinstance(asset_id, str) else None
@@ -209,22 +283,36 @@ class AlertEngine:
                 raise AlertError(f"alerts: {record_type} record without asset_id: {record!r:.200}")
             self.counters.unknown_assets += 1
             return []
+        if record_type not in self._rules[asset.id].reads and asset.id not in self._unchecked:
+            return []
+        now_us = to_micros(now)
+        out: list[dict[str, Any]] = []
         state = self._assets.get(asset.id)
         if state is None:
             state = self._assets[asset.id] = AssetAlerts()
-        now_us = to_micros(now)
+            self._ticks.add(asset.id)
+            last_tick = self._ticks.last_us
+            if last_tick is not None and now_us < last_tick:
+                # Looked at before the latest tick's time: the next tick may have to excuse
+                # the time since, so it must look.
+                self._ticks.due(asset.id, DUE_NOW)
+        else:
+            out += self._catch_up(asset, state)
         emit = self._emitter(asset, state, now, now_us)
         try:
-            handle(asset, state, emit, record)
+            due = handle(asset, state, emit, record)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise AlertError(
                 f"alerts: cannot read {record_type} record of asset {asset.id}: {exc!r}"
             ) from exc
-        return emit.out
+        self._ticks.due(asset.id, due)
+        return out + emit.out if out else emit.out
 
     def _emitter(self, asset: Asset, state: AssetAlerts, now: datetime, now_us: int) -> Emitter:
-        emit = Emitter(asset, state, now, now_us, self.settings, self.counters)
-        self._clear_orphans(emit)
+        emit = Emitter(asset, state, now, now_us, self.settings, self.counters, self._timings)
+        if asset.id in self._unchecked:
+            self._unchecked.discard(asset.id)
+            self._clear_orphans(emit)
         return emit
 
     def _clear_orphans(self, emit: Emitter) -> None:
@@ -244,17 +332,38 @@ class AlertEngine:
                 )
 
 
+def _stale_rules(emit: Emitter, rules: _AssetRules) -> int | None:
+    """Evaluate the asset's stale rules; when a tick next has work for them."""
+    due = None
+    for watch in rules.stale:
+        at = stale(emit, watch)
+        if at is not None and (due is None or at < due):
+            due = at
+    return due
+
+
 def _rules_of(site: Site, asset: Asset) -> _AssetRules:
     rules = site.rules_for(asset.id)
     kpi = _of(rules, KpiFloorRule)
     longest = max((r.min_windows for r in kpi), default=0)
+    thresholds = _of(rules, ThresholdRule)
+    stale_rules = _of(rules, StaleRule)
+    anomalies = _of(rules, AnomalyRule)
+    reads = {
+        "state_estimate": bool(thresholds or stale_rules),
+        "validated_frame": bool(stale_rules),
+        "anomaly_score": bool(anomalies or stale_rules),
+        "kpi_window": bool(kpi or stale_rules),
+    }
     return _AssetRules(
         ids=frozenset(r.id for r in rules),
-        threshold=_of(rules, ThresholdRule),
-        stale=_of(rules, StaleRule),
-        anomaly=_of(rules, AnomalyRule),
+        threshold=thresholds,
+        stale=tuple(StaleWatch.of(asset, r) for r in stale_rules),
+        anomaly=anomalies,
         kpi_floor=kpi,
         windows_kept=2 * longest + 4,
+        threshold_signals=frozenset(r.signal for r in thresholds),
+        reads=frozenset(kind for kind, read in reads.items() if read),
     )
 
 

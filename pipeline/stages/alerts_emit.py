@@ -28,14 +28,20 @@ class Emitter:
     now_us: int
     settings: AlertSettings
     counters: AlertCounters
+    timings: dict[tuple[float, bool], Timing] = field(default_factory=dict)
+    """Timings already worked out, shared between the emitters of one stage."""
     out: list[dict[str, Any]] = field(default_factory=list)
 
     def timing(self, min_duration_s: float = 0.0, clear_hold: bool = True) -> Timing:
-        return Timing(
-            min_duration=micros(min_duration_s),
-            clear_hold=micros(self.settings.clear_hold.total_seconds()) if clear_hold else 0,
-            holdoff=micros(self.settings.reraise_holdoff.total_seconds()),
-        )
+        key = (min_duration_s, clear_hold)
+        timing = self.timings.get(key)
+        if timing is None:
+            timing = self.timings[key] = Timing(
+                min_duration=micros(min_duration_s),
+                clear_hold=micros(self.settings.clear_hold.total_seconds()) if clear_hold else 0,
+                holdoff=micros(self.settings.reraise_holdoff.total_seconds()),
+            )
+        return timing
 
     def held(self, step: Step) -> None:
         if step is Step.HELD:

@@ -52,3 +52,5 @@ class AlertCounters:
     """Records of assets the site does not have: ignored."""
     stale_records: int = 0
     """KPI windows whose version was not newer than one already seen: ignored."""
+    assets_ticked: int = 0
+    """Assets a tick looked at: only those where stale rules could change something."""

@@ -16,11 +16,17 @@ read the backlog.
 
 An event's `ts` is the asset's event time when the change was seen: its newest event time,
 advanced by the processing time since that arrived (which only matters for `tick`).
+
+Evaluating a rule also tells when a tick can next change its outcome (`stale` returns it):
+the moment the next watched signal's silence reaches `after`, or the end of a re-raise
+holdoff; until then the stage's ticks leave the asset alone (see `ticks`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from pipeline.site import ALL_SIGNALS, Asset, OpcUaSignalBinding, StaleRule
@@ -28,6 +34,7 @@ from pipeline.stages.alerts_emit import Emitter, micros
 from pipeline.stages.alerts_events import base_context, seconds
 from pipeline.stages.alerts_state import AssetAlerts, Step
 from pipeline.stages.common import to_micros
+from pipeline.stages.ticks import DUE_NOW
 
 FRESHNESS_UNUSABLE = frozenset(
     {
@@ -63,27 +70,52 @@ def watched_signals(asset: Asset, rule: StaleRule) -> tuple[str, ...]:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StaleWatch:
+    """A stale rule as it applies to one asset."""
+
+    rule: StaleRule
+    signals: tuple[str, ...]
+    """The watched signals (`watched_signals`)."""
+    after_us: int
+
+    @classmethod
+    def of(cls, asset: Asset, rule: StaleRule) -> StaleWatch:
+        return cls(rule, watched_signals(asset, rule), micros(rule.after.total_seconds()))
+
+
 def usable_readings(readings: Iterable[dict[str, Any]]) -> tuple[int | None, dict[str, int]]:
     """A validated frame's newest trusted event time, and per signal the event time of its
     newest reading that shows a live sensor."""
-    newest: int | None = None
-    fresh: dict[str, int] = {}
+    newest: datetime | None = None
+    fresh: dict[str, datetime] = {}
+    # Compared as datetimes (exact, like their microseconds); only the few results are
+    # converted. Most readings have no flags at all.
     for reading in readings:
+        ts = reading["ts"]
         flags = reading["flags"]
-        t_us = to_micros(reading["ts"])
-        if UNTRUSTED_TIME.isdisjoint(flags) and (newest is None or t_us > newest):
-            newest = t_us
+        if flags:
+            if UNTRUSTED_TIME.isdisjoint(flags) and (newest is None or ts > newest):
+                newest = ts
+            if not FRESHNESS_UNUSABLE.isdisjoint(flags):
+                continue
+        elif newest is None or ts > newest:
+            newest = ts
         value = reading["value"]
-        if (
-            reading["quality"] == "BAD"
-            or value - value != 0.0  # NaN or infinite
-            or not FRESHNESS_UNUSABLE.isdisjoint(flags)
-        ):
+        if reading["quality"] == "BAD" or value - value != 0.0:  # or NaN or infinite
             continue
         signal = reading["signal"]
-        if t_us > fresh.get(signal, -1):
-            fresh[signal] = t_us
-    return newest, fresh
+        seen = fresh.get(signal)
+        if seen is None or ts > seen:
+            fresh[signal] = ts
+    micros_of: dict[datetime, int] = {}
+    for ts in fresh.values():
+        if ts not in micros_of:
+            micros_of[ts] = to_micros(ts)
+    return (
+        None if newest is None else to_micros(newest),
+        {signal: micros_of[ts] for signal, ts in fresh.items()},
+    )
 
 
 def observe(
@@ -127,28 +159,46 @@ def look(state: AssetAlerts, now_us: int, unwatched_gap_us: int) -> None:
         state.watched_us = now_us
 
 
-def stale(emit: Emitter, rule: StaleRule) -> None:
-    """Evaluate one stale rule on the asset's freshness."""
+def stale(emit: Emitter, watch: StaleWatch) -> int | None:
+    """Evaluate one stale rule on the asset's freshness. Returns the earliest processing
+    time at which a tick can change the outcome, if the asset sends nothing more (`DUE_NOW`:
+    the next tick; None: not by processing time alone)."""
     state = emit.state
     if state.clock_us is None or not state.fresh:
-        return
-    after = micros(rule.after.total_seconds())
+        return None
+    rule, after = watch.rule, watch.after_us
     clock = state.clock_us
-    arrival = state.clock_arrival_us if state.clock_arrival_us is not None else emit.now_us
-    t_us = clock + max(0, emit.now_us - arrival)
+    now_us = emit.now_us
+    arrival = state.clock_arrival_us if state.clock_arrival_us is not None else now_us
+    t_us = clock + max(0, now_us - arrival)
     silent: dict[str, int] = {}
-    for name in watched_signals(emit.asset, rule):
-        entry = state.fresh.get(name)
+    quiet_since: int | None = None  # the earliest arrival among the signals not silent
+    fresh = state.fresh
+    for name in watch.signals:
+        entry = fresh.get(name)
         if entry is None:
             continue
-        age = max(clock - entry[0], emit.now_us - entry[1])
+        age = max(clock - entry[0], now_us - entry[1])
         if age >= after:
             silent[name] = age
+        elif quiet_since is None or entry[1] < quiet_since:
+            quiet_since = entry[1]
+    # The next signal to go silent, by processing time: a raise, or a change of the set.
+    next_silent = None if quiet_since is None else quiet_since + after
     alert = state.alert(rule.id)
-    step, t_us = alert.advance(t_us, bool(silent), not silent, emit.timing(clear_hold=False))
+    timing = emit.timing(clear_hold=False)
+    step, t_us = alert.advance(t_us, bool(silent), not silent, timing)
     emit.held(step)
-    if step in (Step.QUIET, Step.HELD, Step.CLEARING):
-        return
+    if step is Step.HELD or (step is Step.QUIET and silent):
+        # Held back by the re-raise holdoff: raised once the asset's event time, moving on
+        # with processing time, reaches the holdoff's end.
+        if alert.cleared_us is None:
+            return DUE_NOW
+        return arrival + alert.cleared_us + timing.holdoff - clock
+    if step is Step.QUIET:
+        return next_silent
+    if step is Step.CLEARING:
+        return DUE_NOW  # not with a clear hold of 0; look again at the next tick if so
 
     names = sorted(silent)
     detail = ",".join(names)
@@ -172,16 +222,14 @@ def stale(emit: Emitter, rule: StaleRule) -> None:
             signal=one,
             context=context,
         )
-        return
-    raised_us = alert.raised_us if alert.raised_us is not None else t_us
-    if step is Step.CLEAR:
+    elif step is Step.CLEAR:
+        raised_us = alert.raised_us if alert.raised_us is not None else t_us
         message = (
             f"{emit.asset.id}: readings of {_signals(alert.detail.split(','), rule)} are back "
             f"(stale for {seconds(t_us - raised_us)})"
         )
         emit.cleared(rule.id, alert, t_us, message=message, signal=one, context=context)
-        return
-    if emit.changed(rule, alert, None, detail, 0.0):
+    elif emit.changed(rule, alert, None, detail, 0.0):
         message = f"{emit.asset.id}: no usable reading of {what} (limit {seconds(after)})"
         emit.updated(
             rule,
@@ -193,6 +241,9 @@ def stale(emit: Emitter, rule: StaleRule) -> None:
             signal=one,
             context=context,
         )
+    if alert.active and emit.changed(rule, alert, None, detail, 0.0):
+        return DUE_NOW  # an UPDATED the rate limit held back: try again at the next tick
+    return next_silent
 
 
 def _signals(names: list[str], rule: StaleRule) -> str:

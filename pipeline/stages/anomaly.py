@@ -46,7 +46,8 @@ from pipeline.stages.common import StageStateError
 MODEL_ID = "hotelling-t2"
 MODEL_VERSION = "1"
 """Bump when the features, the model or a default setting changes what a score means."""
-SNAPSHOT_FORMAT = 1
+SNAPSHOT_FORMAT = 2
+"""2: the model's arrays as base64 of float64 bytes (1 had JSON lists)."""
 TOP_CONTRIBUTORS = 3
 
 

@@ -17,6 +17,7 @@ The first records are averaged evenly (rate 1/n) until the exponential rate take
 
 from __future__ import annotations
 
+import base64
 import math
 from collections.abc import Hashable
 from typing import Any
@@ -214,23 +215,46 @@ class HotellingT2(RiverAnomalyDetector):
     # -- state ----------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
+        """The model's arrays as base64 of their little-endian float64 bytes: exact, and a
+        string per array is far cheaper to encode and store than JSON lists of 2·d² floats.
+        The covariance is symmetric by construction, so only its upper triangle is kept."""
+        upper = np.triu_indices(len(self.features))
         return {
-            "mean": self.mean.tolist(),
-            "cov": self.cov.tolist(),
-            "counts": self.counts.tolist(),
-            "precision": self.precision.tolist(),
+            "mean": pack_floats(self.mean),
+            "cov_upper": pack_floats(self.cov[upper]),
+            "counts": pack_floats(self.counts),
+            "precision": pack_floats(self.precision),
             "learned": self.learned,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
         d = len(self.features)
-        mean = np.asarray(state["mean"], dtype=np.float64)
-        cov = np.asarray(state["cov"], dtype=np.float64)
-        counts = np.asarray(state["counts"], dtype=np.float64)
-        precision = np.asarray(state["precision"], dtype=np.float64)
-        if mean.shape != (d,) or counts.shape != (d,) or cov.shape != (d, d):
-            raise ValueError(f"state has {mean.shape[0]} features, the model {d}")
-        if precision.shape != (d, d):
-            raise ValueError("precision matrix of the wrong shape")
+        mean = unpack_floats(state["mean"], (d,))
+        counts = unpack_floats(state["counts"], (d,))
+        precision = unpack_floats(state["precision"], (d, d))
+        upper = np.triu_indices(d)
+        cov = np.zeros((d, d))
+        cov[upper] = unpack_floats(state["cov_upper"], (len(upper[0]),))
+        cov.T[upper] = cov[upper]
         self.mean, self.cov, self.counts, self.precision = mean, cov, counts, precision
         self.learned = int(state["learned"])
+
+
+_FLOAT64_LE = np.dtype("<f8")
+
+
+def pack_floats(values: Floats) -> str:
+    """`values` as base64 of their little-endian float64 bytes (exact, NaN and inf included)."""
+    return base64.b64encode(np.ascontiguousarray(values, dtype=_FLOAT64_LE).tobytes()).decode()
+
+
+def unpack_floats(text: str, shape: tuple[int, ...]) -> Floats:
+    """The array `pack_floats` made, in the native byte order; ValueError if it does not
+    hold exactly `shape`'s number of floats."""
+    if not isinstance(text, str):
+        raise TypeError(f"expected a base64 string, got {type(text).__name__}")
+    data = base64.b64decode(text, validate=True)
+    size = math.prod(shape)
+    if len(data) != size * _FLOAT64_LE.itemsize:
+        raise ValueError(f"{len(data)} bytes where {size} float64 values belong")
+    return np.frombuffer(data, dtype=_FLOAT64_LE).astype(np.float64).reshape(shape)

@@ -13,7 +13,9 @@ has passed, and the window is re-emitted with the next version if its result cha
 record is always computed from all the data, so nothing is counted twice. Data later than
 that is not counted and shows in `stats.readings_too_late`. `tick(now)` lets the watermark
 of a source that has been silent for the idle timeout move on with processing time, so the
-windows of an asset that stopped sending still close.
+windows of an asset that stopped sending still close. A tick looks only at the assets whose
+windows it can close (see `ticks`): its cost follows the windows it closes, not the number of
+assets.
 
     kpi = KpiWindows(site)
     records = kpi.add(validated_frame, now)   # windows closed or revised by this frame
@@ -27,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.site import KpiSettings, Site
-from pipeline.stages.common import to_micros
+from pipeline.stages.common import from_micros, to_micros
 from pipeline.stages.kpi_aggregate import KpiAggregator
 from pipeline.stages.kpi_state import AssetWindows, EmittedWindow
 from pipeline.stages.kpi_windows import (
@@ -36,6 +38,7 @@ from pipeline.stages.kpi_windows import (
     WindowKey,
     WindowPlan,
 )
+from pipeline.stages.ticks import TickSchedule
 
 USABLE_FLAGS = frozenset({"OUT_OF_EXPECTED_RANGE", "OUT_OF_ORDER"})
 """Flags that leave a reading fit for KPIs: an unusual but real value, and an arrival order
@@ -60,6 +63,8 @@ class KpiStats:
     windows_emitted: int = 0
     windows_revised: int = 0
     """Re-emissions (version > 1) after late data."""
+    assets_ticked: int = 0
+    """Assets a tick looked at: only those whose windows it could close."""
 
 
 class KpiWindows:
@@ -74,6 +79,7 @@ class KpiWindows:
         self._aggregators = {a.id: KpiAggregator(a) for a in site.assets}
         self._known = {a.id: frozenset(a.signals) for a in site.assets}
         self._assets: dict[str, AssetWindows] = {}
+        self._ticks = TickSchedule()
 
     # --- the stage -----------------------------------------------------------------------
 
@@ -85,8 +91,12 @@ class KpiWindows:
             self.stats.frames_unknown_asset += 1
             return []
         state = self._assets.get(asset_id)
+        out: list[dict[str, Any]] = []
         if state is None:
             state = self._assets[asset_id] = AssetWindows()
+            self._ticks.add(asset_id)
+        else:
+            out += self._catch_up(asset_id, state)
         known = self._known[asset_id]
         timed = aggregator.timed
         plan = self.plan
@@ -101,7 +111,9 @@ class KpiWindows:
         current = -1  # start of the pane the previous reading went to
         pane = None
         is_late = False
-        # One pass, no calls per reading but the datetime arithmetic: this is the hot path.
+        # A frame's readings share a few timestamps (one per scan): convert each once.
+        micros: dict[datetime, int] = {}
+        # One pass, no calls per reading: this is the hot path.
         for reading in readings:
             flags = reading["flags"]
             value = reading["value"]
@@ -114,7 +126,10 @@ class KpiWindows:
             ):
                 unusable += 1
                 continue
-            ts = (reading["ts"] - _EPOCH) // _MICROSECOND
+            when = reading["ts"]
+            ts = micros.get(when)
+            if ts is None:
+                ts = micros[when] = (when - _EPOCH) // _MICROSECOND
             start = ts - ts % pane_us
             if start != current:
                 current = start
@@ -136,7 +151,7 @@ class KpiWindows:
                 if signal in timed:
                     pane.times[signal] = []
             values.append(value)
-            if signal in timed:
+            if timed and signal in timed:
                 pane.times[signal].append(ts)
             if newest is None or ts > newest:
                 newest = ts
@@ -155,19 +170,24 @@ class KpiWindows:
             else:
                 clock.max_ts = max(clock.max_ts, newest)
                 clock.last_arrival = now_us
-        out: list[dict[str, Any]] = []
         if late_from is not None:
             out += self._revise(asset_id, state, late_from, now)
         out += self._advance(asset_id, state, now_us, now)
+        self._ticks.due(asset_id, self._due(state))
         return out
 
     def tick(self, now: datetime) -> list[dict[str, Any]]:
         """Move the watermarks of sources silent for the idle timeout on with processing time;
-        return the windows that closed."""
+        return the windows that closed. Looks only at the assets whose windows can close."""
         now_us = to_micros(now)
         out: list[dict[str, Any]] = []
-        for asset_id, state in self._assets.items():
+        for asset_id, skipped in self._ticks.tick(now_us):
+            state = self._assets[asset_id]
+            self.stats.assets_ticked += 1
+            if skipped is not None:
+                out += self._advance(asset_id, state, skipped, from_micros(skipped))
             out += self._advance(asset_id, state, now_us, now)
+            self._ticks.due(asset_id, self._due(state))
         return out
 
     # --- state ---------------------------------------------------------------------------
@@ -177,17 +197,43 @@ class KpiWindows:
 
     def snapshot(self, asset_id: str) -> dict[str, Any] | None:
         state = self._assets.get(asset_id)
-        return state.snapshot() if state is not None else None
+        if state is None:
+            return None
+        self._catch_up(asset_id, state)
+        return state.snapshot()
 
     def restore(self, asset_id: str, state: dict[str, Any]) -> None:
-        self._assets[asset_id] = AssetWindows.restore(state)
+        restored = self._assets[asset_id] = AssetWindows.restore(state)
+        self._ticks.add(asset_id)
+        self._ticks.due(asset_id, self._due(restored))
 
     def watermark(self, asset_id: str) -> datetime | None:
         """The asset's watermark (for tests and logs)."""
         state = self._assets.get(asset_id)
+        if state is not None:
+            self._catch_up(asset_id, state)
         if state is None or state.watermark is None:
             return None
         return _EPOCH + state.watermark * _MICROSECOND
+
+    # --- ticks ---------------------------------------------------------------------------
+
+    def _due(self, state: AssetWindows) -> int | None:
+        """The earliest processing time at which a tick can move the asset's watermark
+        across a window end or a window's end plus the lateness (nothing else closes or
+        expires anything)."""
+        if state.watermark is None:
+            return None  # no usable reading yet: only data starts the watermark
+        return self.watermarks.reaches(state.clocks, self.plan.next_change(state.watermark))
+
+    def _catch_up(self, asset_id: str, state: AssetWindows) -> list[dict[str, Any]]:
+        """Apply the latest tick the asset skipped: the watermark of a silent source moved on
+        with it (nothing closed, or the tick would not have skipped the asset)."""
+        skipped = self._ticks.skipped(asset_id)
+        if skipped is None:
+            return []
+        self._ticks.caught_up(asset_id)
+        return self._advance(asset_id, state, skipped, from_micros(skipped))
 
     # --- windows -------------------------------------------------------------------------
 

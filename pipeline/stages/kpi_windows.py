@@ -15,6 +15,7 @@ from datetime import timedelta
 from math import gcd
 
 from pipeline.site import KpiSettings
+from pipeline.stages.ticks import DUE_NOW
 
 TUMBLING = "TUMBLING"
 HOPPING = "HOPPING"
@@ -74,6 +75,14 @@ class WindowPlan:
         """Pane starts of the window [start, end)."""
         return range(start, end, self.pane_us)
 
+    def next_change(self, watermark: int) -> int:
+        """The lowest watermark above `watermark` at which a window can close or expire:
+        windows end on pane boundaries, so it is the next boundary, or the next one plus the
+        allowed lateness, whichever comes first."""
+        pane, lateness = self.pane_us, self.lateness_us
+        late = watermark - lateness
+        return min(watermark - watermark % pane + pane, late - late % pane + pane + lateness)
+
 
 @dataclass(slots=True)
 class SourceClock:
@@ -120,3 +129,17 @@ class WatermarkPolicy:
             return previous
         slowest = min(self.source_watermark(c, now_us) for c in clocks.values())
         return slowest if previous is None or slowest > previous else previous
+
+    def reaches(self, clocks: dict[str, SourceClock], bound: int) -> int | None:
+        """The earliest processing time at which the asset's watermark reaches `bound` by
+        processing time alone (its sources sending nothing more): every source that is
+        behind must have been silent for the idle timeout, and long enough to make up the
+        difference. `DUE_NOW` if it has reached it already; None without sources."""
+        if not clocks:
+            return None
+        latest = DUE_NOW
+        for clock in clocks.values():
+            behind = bound - (clock.max_ts - self.out_of_orderness_us)
+            if behind > 0:
+                latest = max(latest, clock.last_arrival + max(self.idle_timeout_us, behind))
+        return latest

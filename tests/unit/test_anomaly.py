@@ -13,7 +13,7 @@ import yaml
 
 from pipeline.site import Site, parse_site
 from pipeline.stages.anomaly import AnomalyDetector, AnomalyError, AnomalySettings
-from pipeline.stages.anomaly_model import P2Quantile
+from pipeline.stages.anomaly_model import P2Quantile, unpack_floats
 from pipeline.stages.common import StageStateError
 
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -145,10 +145,12 @@ def test_flagged_records_teach_neither_covariance_nor_threshold(site: Site) -> N
     run(detector, records[610:])
     after = detector.snapshot("p1")
     assert after is not None and after["alarm"]
-    assert after["model"]["cov"] == before["model"]["cov"]
+    assert after["model"]["cov_upper"] == before["model"]["cov_upper"]
     assert after["threshold"] == before["threshold"]
     pressure = SIGNALS.index("pressure")
-    assert after["model"]["mean"][pressure] == before["model"]["mean"][pressure]
+    d = 2 * len(SIGNALS)
+    mean_before = unpack_floats(before["model"]["mean"], (d,))
+    assert unpack_floats(after["model"]["mean"], (d,))[pressure] == mean_before[pressure]
 
 
 def test_snapshot_restore_continues_exactly(site: Site) -> None:
@@ -161,6 +163,35 @@ def test_snapshot_restore_continues_exactly(site: Site) -> None:
     second.restore("p1", snap)
     assert second.assets() == ["p1"]
     assert head + run(second, records[520:]) == whole
+
+
+def test_snapshot_keeps_the_model_arrays_exactly_and_compactly(site: Site) -> None:
+    detector = AnomalyDetector(site)
+    run(detector, stream(300, seed=10))
+    model = detector._models["p1"].model
+    snap = json.loads(json.dumps(detector.snapshot("p1")))
+    restored = AnomalyDetector(site)
+    restored.restore("p1", snap)
+    again = restored._models["p1"].model
+    for name in ("mean", "cov", "counts", "precision"):
+        assert np.array_equal(getattr(again, name), getattr(model, name)), name
+    # The covariance is kept as its upper triangle; the restored matrix is symmetric again.
+    assert np.array_equal(again.cov, again.cov.T) and again.cov[0, 1] != 0
+    # Base64 of float64 bytes: about 8·(d + d(d+1)/2 + d + d²)·4/3 bytes, not JSON digits.
+    d = 2 * len(SIGNALS)
+    assert len(json.dumps(snap)) < 8 * (2 * d + d * (d + 1) // 2 + d * d) * 4 / 3 + 1000
+
+
+def test_a_truncated_or_mistyped_array_is_refused(site: Site) -> None:
+    detector = AnomalyDetector(site)
+    run(detector, stream(50, seed=11))
+    snap = detector.snapshot("p1")
+    assert snap is not None
+    short = {**snap, "model": {**snap["model"], "precision": snap["model"]["precision"][:-12]}}
+    listed = {**snap, "model": {**snap["model"], "mean": [0.0] * 2 * len(SIGNALS)}}
+    for bad in (short, listed):
+        with pytest.raises(StageStateError):
+            AnomalyDetector(site).restore("p1", bad)
 
 
 def test_pickle_round_trip(site: Site) -> None:

@@ -12,7 +12,9 @@ from connectors.sim.plant import PlantModel
 from pipeline.serde import AvroSerde
 from pipeline.settings import DEFAULT_SITE
 from pipeline.site import Site, load_site
+from pipeline.stages.common import StageStateError
 from topologies.processor import STAGES, FrameProcessor, Output, RawMessage
+from topologies.state import PendingState, decode_state, encode_state
 
 START = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
 TOPIC = "telemetry.raw"
@@ -156,13 +158,18 @@ def test_a_restarted_processor_resumes_from_persisted_state(site: Site) -> None:
 
     first = FrameProcessor(site, serde, clock=clock)
     assert len(first.process(messages[:half]).outputs) == len(expected_first)
-    tables: dict[tuple[str, str], dict[str, Any]] = {}
-    for asset_id in site.assets:
-        for stage in STAGES:
-            state = first.snapshot(stage, asset_id.id)
-            if state is not None:
-                tables[(stage, asset_id.id)] = state
-    second = FrameProcessor(site, serde, lambda stage, a: tables.get((stage, a)), clock=clock)
+    # As the worker's state table keeps it: one encoded record per asset, every stage in it.
+    table: dict[str, bytes] = {}
+    for asset in site.assets:
+        states = first.snapshot_asset(asset.id)
+        assert states is not None and set(states) == set(STAGES)
+        table[asset.id] = encode_state(states)
+
+    def load(asset_id: str) -> dict[str, dict[str, Any]] | None:
+        value = table.get(asset_id)
+        return None if value is None else decode_state(value, asset_id)
+
+    second = FrameProcessor(site, serde, load, clock=clock)
     resumed = second.process(messages[half:]).outputs
 
     def records(out: list[Output]) -> list[tuple[str, dict[str, Any]]]:
@@ -208,3 +215,30 @@ def test_a_stage_failing_on_one_frame_dead_letters_it_and_the_batch_goes_on(site
     # The failed frame emitted nothing else; every other frame went through.
     assert victim not in {v["asset_id"] for v in valid}
     assert len(valid) == len(messages) - 1 == result.frames
+
+
+def test_state_record_keeps_what_json_cannot_and_refuses_garbage() -> None:
+    states = {"estimate": {"x": [float("nan"), float("inf"), -0.0, 1e-310], "n": 2**62}}
+    back = decode_state(encode_state(states), "p1")
+    x = back["estimate"]["x"]
+    assert x[0] != x[0] and x[1] == float("inf") and str(x[2]) == "-0.0" and x[3] == 1e-310
+    assert back["estimate"]["n"] == 2**62
+    for garbage in (b"", b"\xc1", b"{}", encode_state(states)[:-3]):
+        with pytest.raises(StageStateError):
+            decode_state(garbage, "p1")
+
+
+def test_pending_state_is_due_by_held_events_and_by_age() -> None:
+    pending = PendingState(max_events=3, max_age_s=3600)
+    assert not pending.due()
+    pending.add({"a"}, ["e1", "e2"])
+    pending.add({"a", "b"})
+    assert not pending.due()
+    pending.add({"c"}, ["e3"])
+    assert pending.due()
+    assert pending.take() == ({"a", "b", "c"}, ["e1", "e2", "e3"])
+    assert not pending.due() and pending.take() == (set(), [])
+    aged = PendingState(max_events=1000, max_age_s=0.0)
+    assert not aged.due()
+    aged.add({"a"})  # tick outputs: an asset changed, no event held
+    assert aged.due()
