@@ -33,7 +33,7 @@ START_TIMEOUT_S = 120.0
 STALL_TIMEOUT_S = 120.0
 """Longest time without progress before the run is declared stuck."""
 CLICKHOUSE_POLL_S = 0.2
-SETTLE_S = 3.0
+SETTLE_S = 30.0
 """When ClickHouse stays short of the expected count this long after the worker finished,
 the run ends with a note instead of waiting forever."""
 
@@ -164,7 +164,13 @@ def measure_rate(
                 stored, stored_changed = count, now
             if stored is not None and stored >= expected and out >= frames:
                 ch_done = now
-            elif worker_done is not None and time.time() - stored_changed > SETTLE_S:
+            elif worker_done is not None and stored is None and now - worker_done > START_TIMEOUT_S:
+                raise TwinError(
+                    f"[{pipeline.run.name}] the sink did not answer queries within "
+                    f"{START_TIMEOUT_S:.0f}s of the last state record; sink log ends:\n"
+                    f"{pipeline.sink.log_tail()}"
+                )
+            elif worker_done is not None and stored is not None and now - stored_changed > SETTLE_S:
                 ch_done = stored_changed
                 figures.notes.append(
                     f"ClickHouse holds {stored} readings, {expected} expected; "
