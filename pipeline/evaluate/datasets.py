@@ -18,8 +18,9 @@ signal names (`Volume Flow RateRMS` -> `volume_flow_raterms`).
 from __future__ import annotations
 
 import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,7 +31,7 @@ import numpy.typing as npt
 import polars as pl
 
 from pipeline.errors import ConfigError
-from pipeline.stages.common import to_micros
+from pipeline.stages.common import from_micros, to_micros
 
 FORMATS = ("skab", "nab")
 SKAB_TIME, SKAB_LABEL, SKAB_CHANGEPOINT = "datetime", "anomaly", "changepoint"
@@ -271,6 +272,35 @@ def _json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DatasetError(f"{path}: expected a JSON object of file -> labels")
     return data
+
+
+# -- the replay ----------------------------------------------------------------------------
+
+
+def telemetry_frames(series: Series, ingest_ts: datetime) -> Iterator[dict[str, Any]]:
+    """One telemetry_frame record per row, every column a reading stamped with the row's time;
+    a missing value (NaN) is sent as a BAD reading, so every row gets its frame (and score)."""
+    for index, ts_us in enumerate(series.times_us):
+        ts = from_micros(int(ts_us))
+        readings = []
+        for signal, value in zip(series.signals, series.row(index), strict=True):
+            value = float(value)
+            readings.append(
+                {
+                    "signal": signal,
+                    "ts": ts,
+                    "value": value,
+                    "quality": "GOOD" if math.isfinite(value) else "BAD",
+                    "status_code": None,
+                }
+            )
+        yield {
+            "asset_id": series.asset_id,
+            "source_id": REPLAY_SOURCE,
+            "seq": index,
+            "ingest_ts": ingest_ts,
+            "readings": readings,
+        }
 
 
 # -- the site description -------------------------------------------------------------------

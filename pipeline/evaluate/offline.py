@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,15 +24,14 @@ import numpy.typing as npt
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.evaluate.datasets import REPLAY_SOURCE, Series, read, site_for
+from pipeline.evaluate.datasets import Series, read, site_for, telemetry_frames
 from pipeline.evaluate.report import render_text
 from pipeline.evaluate.scoring import score_nab, score_skab
 from pipeline.site import Site, parse_site
-from pipeline.site.durations import parse_duration
 from pipeline.stages.anomaly import AnomalyDetector, AnomalySettings
 from pipeline.stages.common import Origin
 from pipeline.stages.estimate import Estimator
-from pipeline.stages.validate import ValidateSettings, Validator
+from pipeline.stages.validate import Validator
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,28 +52,6 @@ def load_replay_site(data: dict[str, Any]) -> Site:
     return parse_site(yaml.safe_dump(data, sort_keys=False), origin="<replay site>")
 
 
-def frames(series: Series) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row, telemetry_frame record) for every row with at least one reading."""
-    names = series.signals
-    for row, (ts, values) in enumerate(zip(series.times, series.values.tolist(), strict=True)):
-        readings = [
-            {"signal": name, "ts": ts, "value": value, "quality": "GOOD", "status_code": None}
-            for name, value in zip(names, values, strict=True)
-            if not math.isnan(value)
-        ]
-        if readings:
-            yield (
-                row,
-                {
-                    "asset_id": series.asset_id,
-                    "source_id": REPLAY_SOURCE,
-                    "seq": row,
-                    "ingest_ts": ts,
-                    "readings": readings,
-                },
-            )
-
-
 def replay(
     series: list[Series],
     train_rows: int = 400,
@@ -84,10 +59,8 @@ def replay(
     now: datetime | None = None,
 ) -> list[Replayed]:
     """Every file through fresh validate, estimate and anomaly stages, one asset per file."""
-    spec = site_for(series, train_rows)
-    site = load_replay_site(spec)
-    max_age = parse_duration(spec["validation"]["max_age"])
-    validator = Validator(site, ValidateSettings(max_age=max_age))
+    site = load_replay_site(site_for(series, train_rows))
+    validator = Validator(site)  # the site's validation section accepts old recordings
     estimator = Estimator(site)
     detector = AnomalyDetector(site, settings if settings is not None else AnomalySettings())
     clock = now if now is not None else datetime.now(UTC)
@@ -97,7 +70,7 @@ def replay(
         scores = np.full(one.rows, np.nan)
         thresholds = np.full(one.rows, np.nan)
         warming = np.ones(one.rows, dtype=np.bool_)
-        for row, frame in frames(one):
+        for row, frame in enumerate(telemetry_frames(one, clock)):
             checked = validator.validate(frame, Origin("telemetry.raw", 0, row), clock)
             if checked.frame is None:
                 continue

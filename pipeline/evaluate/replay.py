@@ -3,53 +3,37 @@
 Each series (one file) becomes one asset: one telemetry frame per row, every column a reading
 stamped with the row's time, produced to telemetry.raw keyed by the asset id. A `twin worker`
 child process (the same stream agents a plant runs) validates, estimates and scores them; the
-anomaly_score records it writes to twin.anomaly are read back and matched to the rows by event
-time. Nothing here knows how the detector works.
+anomaly_score records it writes to twin.anomaly are read back, the i-th score of an asset for
+its i-th row. Nothing here knows how the detector works.
 """
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 
-from pipeline.demo_processes import Child, Children
+from pipeline.demo_processes import Child
 from pipeline.errors import SerdeError, TwinError
+from pipeline.evaluate.datasets import Series, telemetry_frames
 from pipeline.kafka.clients import producer
+from pipeline.kafka.tail import assigned_consumer
 from pipeline.serde import AvroSerde
 from pipeline.settings import Settings
 from pipeline.site import Site
-from pipeline.stages.common import from_micros
 
 Progress = Callable[[str], None]
 
-SOURCE_ID = "replay"
 PROGRESS_EVERY_S = 5.0
 #: How long the worker may go without a new score before the replay gives up on the rest.
 IDLE_TIMEOUT_S = 60.0
 #: Joining the consumer group on the embedded broker alone takes several seconds.
 START_TIMEOUT_S = 120.0
-
-
-class ReplaySeries(Protocol):
-    """What the replay needs of a recorded series."""
-
-    @property
-    def asset_id(self) -> str: ...
-
-    @property
-    def signals(self) -> Sequence[str]: ...
-
-    @property
-    def times_us(self) -> Sequence[int]: ...
-
-    def row(self, index: int) -> Sequence[float]: ...
 
 
 @dataclass
@@ -80,34 +64,8 @@ class Scores:
         return sum(row is None for rows in self.rows.values() for row in rows)
 
 
-def telemetry_frames(series: ReplaySeries) -> Iterator[dict[str, Any]]:
-    """One telemetry_frame record per row; a missing value (NaN) is sent as a BAD reading."""
-    now = datetime.now(UTC)
-    for index, ts_us in enumerate(series.times_us):
-        ts = from_micros(int(ts_us))
-        readings = []
-        for signal, value in zip(series.signals, series.row(index), strict=True):
-            value = float(value)
-            readings.append(
-                {
-                    "signal": signal,
-                    "ts": ts,
-                    "value": value,
-                    "quality": "GOOD" if math.isfinite(value) else "BAD",
-                    "status_code": None,
-                }
-            )
-        yield {
-            "asset_id": series.asset_id,
-            "source_id": SOURCE_ID,
-            "seq": index,
-            "ingest_ts": now,
-            "readings": readings,
-        }
-
-
 def produce_series(
-    settings: Settings, site: Site, series: Sequence[ReplaySeries], progress: Progress
+    settings: Settings, site: Site, series: Sequence[Series], progress: Progress
 ) -> int:
     """Produce every row of every series to telemetry.raw; the number of frames produced."""
     serde = AvroSerde.from_settings(settings)
@@ -122,7 +80,7 @@ def produce_series(
     frames = 0
     for one in series:
         key = one.asset_id.encode()
-        for frame in telemetry_frames(one):
+        for frame in telemetry_frames(one, datetime.now(UTC)):
             value = serde.encode("telemetry_frame", frame, topic=topic)
             while True:
                 try:
@@ -143,7 +101,7 @@ def produce_series(
 def collect_scores(
     settings: Settings,
     site: Site,
-    series: Sequence[ReplaySeries],
+    series: Sequence[Series],
     worker: Child,
     progress: Progress,
     idle_timeout_s: float = IDLE_TIMEOUT_S,
@@ -154,7 +112,7 @@ def collect_scores(
     expected = sum(len(rows) for rows in scores.rows.values())
     matched = 0
     serde = AvroSerde.from_settings(settings)
-    consumer = _assigned(settings, site.topic("twin.anomaly"))
+    consumer = assigned_consumer(settings.librdkafka(), site.topic("twin.anomaly"))
     started = last_progress = last_record = time.monotonic()
     try:
         while matched < expected:
@@ -184,7 +142,7 @@ def collect_scores(
     return scores
 
 
-def _place(record: dict[str, Any], scores: Scores, times: dict[str, Sequence[int]]) -> int:
+def _place(record: dict[str, Any], scores: Scores, times: Mapping[str, Sequence[int]]) -> int:
     """Put a score on its row: the i-th score of an asset belongs to its i-th row.
 
     One frame gives one score, and the worker keeps each asset's order (its frames are on
@@ -205,28 +163,6 @@ def _place(record: dict[str, Any], scores: Scores, times: dict[str, Sequence[int
     if int(record["ts"].timestamp() * 1_000_000) != int(times[asset_id][index]):
         scores.retimed += 1
     return 1
-
-
-def _assigned(settings: Settings, topic: str) -> Consumer:
-    consumer = Consumer(
-        {
-            **settings.librdkafka(),
-            "group.id": "twin-evaluate",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    metadata = consumer.list_topics(topic, timeout=15)
-    partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
-    if not partitions:
-        consumer.close()
-        raise TwinError(f"evaluate: topic {topic} does not exist")
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-    return consumer
-
-
-def start_worker(children: Children) -> Child:
-    return children.twin("worker", "worker")
 
 
 def child_env(
