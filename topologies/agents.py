@@ -14,6 +14,7 @@ messages in, outputs out, and keeps each asset's stage state in a changelog-back
   frames wait for it or `STATE_MAX_AGE_S` has passed, each asset those frames touched is
   written once, however many of its frames they hold. A busy worker thus writes an asset's
   state once per several of its frames, not once per frame.
+- Outputs go out through confluent-kafka (`topologies/output.py`), not Faust's producer.
 - At-least-once: a batch's outputs are confirmed by the broker before the stage state that
   follows from them is written, and its events are acknowledged (their offsets may be
   committed) only after that state is written. A stop in between redelivers them: the
@@ -34,6 +35,7 @@ from pipeline.serde import AvroSerde
 from pipeline.settings import Settings
 from pipeline.site import Site
 from topologies.metrics import StageMetrics, update_consumer_lag
+from topologies.output import OutputSender
 from topologies.processor import BatchResult, FrameProcessor, RawMessage
 from topologies.state import PendingState, decode_state, encode_state
 
@@ -46,11 +48,12 @@ BATCH_WITHIN_S = 0.1
 STATE_EVERY_EVENTS = 5000
 STATE_MAX_AGE_S = 1.0
 TICK_S = 1.0
-#: lz4 stays: without it the worker's socket writes of the larger requests cost more CPU than
-#: the compression did (profiles: 5.1% writing uncompressed, against 1.6% lz4 + 1.3% writing).
+#: Faust's producer writes only the state table's changelog (outputs go through
+#: `OutputSender`). lz4 stays: without it the socket writes of the larger requests cost more
+#: CPU than the compression did (profiles: 5.1% writing uncompressed, against 1.6% + 1.3%).
 PRODUCER_COMPRESSION = "lz4"
-#: One produce batch per partition holds a whole batch's outputs (Faust's 16 KB default split
-#: them into many requests, and a ~95 KB state record always went alone).
+#: One produce batch per partition holds a whole state write (Faust's 16 KB default split it
+#: into many requests).
 PRODUCER_MAX_BATCH_BYTES = 1024 * 1024
 #: The embedded broker holds a first JoinGroup for half the session timeout (measured: 30 s
 #: with Faust's default of 60 s, 3 s with 6 s); 10 s keeps start-up near 5 s while leaving a
@@ -86,7 +89,6 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
     raw_topic = app.topic(
         site.topic("telemetry.raw"), key_type=bytes, value_type=bytes, value_serializer="raw"
     )
-    out_topics: dict[str, Any] = {}
     table = app.Table(
         STATE_TABLE,
         default=None,
@@ -102,6 +104,7 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
         return decode_state(value, asset_id) if isinstance(value, bytes) else None
 
     processor = FrameProcessor(site, AvroSerde.from_settings(settings), load_state)
+    outputs = OutputSender(settings)
     stage_metrics = StageMetrics()
     pending = PendingState(STATE_EVERY_EVENTS, STATE_MAX_AGE_S)
     # Held from a change of the processor's state until its outputs are confirmed, so a state
@@ -109,21 +112,12 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
     busy = asyncio.Lock()
 
     async def publish(result: BatchResult) -> None:
-        # Outputs are sent now (force: not attached to the source event, which Faust would
-        # send only when that event is acked) and confirmed before the state that follows
-        # from them is written. Otherwise a worker stopped in between can leave the table
-        # ahead of the topics: the restored validator then takes the redelivered frame for a
+        # Outputs are sent now (not attached to the source event, which Faust would send
+        # only when that event is acked) and confirmed before the state that follows from
+        # them is written. Otherwise a worker stopped in between can leave the table ahead
+        # of the topics: the restored validator then takes the redelivered frame for a
         # duplicate, and its outputs are lost.
-        pending_sends = []
-        for output in result.outputs:
-            topic = out_topics.get(output.topic)
-            if topic is None:
-                topic = out_topics[output.topic] = app.topic(
-                    output.topic, key_type=bytes, value_type=bytes, value_serializer="raw"
-                )
-            pending_sends.append(await topic.send(key=output.key, value=output.value, force=True))
-        if pending_sends:
-            await asyncio.gather(*pending_sends)
+        await outputs.send(result.outputs)
 
     async def write_state() -> None:
         """Write the pending assets' state, wait for the broker to confirm it, then release

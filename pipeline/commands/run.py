@@ -57,6 +57,9 @@ def run_worker(args: argparse.Namespace, settings: Settings) -> int:
     # Faust narrates every service start and stop at INFO; our own lines say what matters.
     level = "debug" if settings.log_level.upper() == "DEBUG" else "warn"
     worker = Worker(app, loglevel=level, quiet=True, redirect_stdouts=False)
+    # Faust's progress spinner sets the root logger to DEBUG so that it turns on every log
+    # record: every send then builds a debug record (2.5% of a busy worker's time).
+    worker.spinner = None
     worker.execute_from_commandline()  # runs until SIGTERM/SIGINT, then exits the process
     return 0
 

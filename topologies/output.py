@@ -1,0 +1,101 @@
+"""Sending the worker's outputs with librdkafka, and waiting until the broker has them.
+
+Faust's own send path (Topic.send -> aiokafka's accumulator, record batches built and
+compressed in Python) cost a busy worker about a fifth of its time. confluent-kafka batches,
+compresses and sends in librdkafka's C threads; from Python a message costs one `produce`
+call. The producer is configured as every Twinline producer (`pipeline.kafka.clients`:
+murmur2 partitioner, so an asset's outputs land in the partition number of its telemetry;
+acks=all; idempotent; lz4).
+
+Delivery reports are served by a thread of our own that polls the producer; `send` awaits
+the report of every message it produced, so the caller knows the broker holds them all before
+it writes the state that follows from them (see `topologies/agents.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.errors import TwinError
+from pipeline.kafka.clients import producer
+from pipeline.settings import Settings
+from topologies.processor import Output
+
+#: Long enough to gather a whole batch's outputs into few requests, short against the
+#: latency budget (a batch is sent at once and then awaited as a whole).
+LINGER_MS = 5
+BATCH_BYTES = 1024 * 1024
+POLL_S = 0.05
+QUEUE_FULL_WAIT_S = 0.005
+
+
+class OutputError(TwinError):
+    """The broker did not take an output (after librdkafka's own retries)."""
+
+
+class OutputSender:
+    """Produce outputs and await the broker's acknowledgement of each batch of them."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        conf: dict[str, Any] = {"linger.ms": LINGER_MS, "batch.size": BATCH_BYTES}
+        conf.update(overrides)
+        self._producer = producer(settings, **conf)
+        self._closing = threading.Event()
+        self._poller = threading.Thread(
+            target=self._serve_reports, name="twin-output-reports", daemon=True
+        )
+        self._poller.start()
+
+    def _serve_reports(self) -> None:
+        while not self._closing.is_set():
+            self._producer.poll(POLL_S)
+
+    async def send(self, outputs: Sequence[Output]) -> None:
+        """Produce every output; return once the broker has acknowledged all of them.
+        Raises OutputError naming the first failure if any message was not delivered."""
+        if not outputs:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        lock = threading.Lock()
+        remaining = len(outputs)
+        errors: list[str] = []
+
+        def finish() -> None:
+            if done.done():
+                return
+            if errors:
+                failed = f"{len(errors)} of {len(outputs)} outputs not delivered: {errors[0]}"
+                done.set_exception(OutputError(failed))
+            else:
+                done.set_result(None)
+
+        def report(err: Any, msg: Any) -> None:  # runs on the report thread
+            nonlocal remaining
+            with lock:
+                if err is not None:
+                    errors.append(f"{msg.topic()}: {err}")
+                remaining -= 1
+                last = remaining == 0
+            if last:
+                loop.call_soon_threadsafe(finish)
+
+        produce = self._producer.produce
+        for output in outputs:
+            while True:
+                try:
+                    produce(output.topic, output.value, output.key, on_delivery=report)
+                    break
+                except BufferError:  # librdkafka's queue is full: let it drain
+                    await asyncio.sleep(QUEUE_FULL_WAIT_S)
+        await done
+
+    def close(self, timeout_s: float = 10.0) -> int:
+        """Stop serving reports and flush; the number of messages still undelivered."""
+        self._closing.set()
+        self._poller.join(timeout=POLL_S * 4)
+        undelivered: int = self._producer.flush(timeout_s)
+        return undelivered
