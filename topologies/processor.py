@@ -28,20 +28,27 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.errors import SerdeError
+import numpy as np
+
 from pipeline.serde import AvroSerde
+from pipeline.serde.columnar import FrameDecoder, encode_states, encode_validated
 from pipeline.site import Site
 from pipeline.stages.alerts import AlertEngine
+from pipeline.stages.alerts_times import FrameTimes, frame_times
 from pipeline.stages.anomaly import AnomalyDetector
 from pipeline.stages.common import Origin
 from pipeline.stages.estimate import Estimator
+from pipeline.stages.frames import Frames, States, concat_frames, concat_states
 from pipeline.stages.kpi import KpiWindows
-from pipeline.stages.validate import Validator
+from pipeline.stages.validate import ValidatedBatch, Validator
 
 log = logging.getLogger(__name__)
 
 #: The stages whose state is kept per asset, in the order a frame passes them.
 STAGES = ("validate", "estimate", "anomaly", "kpi", "alerts")
+
+SCHEMA_MISMATCH = "expected a telemetry_frame"
+"""How the decoder's reason for a message of another record type begins."""
 
 StateLoader = Callable[[str], "dict[str, dict[str, Any]] | None"]
 """asset_id -> {stage: snapshot} as `snapshot_asset` gave it, or None for an asset never seen."""
@@ -95,6 +102,7 @@ class FrameProcessor:
         self.serde = serde
         self._load_state = load_state
         self._clock = clock
+        self.decoder = FrameDecoder(serde)
         self.reset()
         self.topics = {
             name: site.topic(name)
@@ -119,65 +127,155 @@ class FrameProcessor:
         self._loaded: set[str] = set()
 
     def process(self, messages: Iterable[RawMessage]) -> BatchResult:
+        """Every stage for one batch of telemetry.raw messages; the outputs, encoded.
+
+        Decoding, validation, estimation and the encoding of valid frames and state records
+        work on the whole batch as columns (`pipeline.stages.frames`); the anomaly, KPI and
+        alert stages take the frames one by one. A stage failing on a frame must not stop
+        the agent: a batch stage that fails is run again frame by frame, and a frame that
+        still fails goes to the dead-letter topic with the error (its other outputs are
+        withdrawn), so nothing is lost without a trace."""
         result = BatchResult()
         now = self._clock()
-        for message in messages:
-            origin = Origin(message.topic, message.partition, message.offset)
+        batch = list(messages)
+        decoded = self.decoder.decode([m.value for m in batch])
+        for index, reason in sorted(decoded.errors.items()):
+            self._undecodable(batch[index], reason, now, result)
+        if not len(decoded.frames):
+            return result
+        sources = [batch[row] for row in decoded.rows]
+        for asset_id in dict.fromkeys(decoded.frames.asset_id):
+            self._ensure_loaded(asset_id)
+        valid, sources = self._validate(decoded.frames, sources, now, result)
+        if not len(valid):
+            return result
+        states, valid, sources = self._estimate(valid, sources, now, result)
+        valid_out = encode_validated(self.serde, valid, self.topics["telemetry.valid"])
+        state_out = encode_states(self.serde, states, self.topics["twin.state"])
+        times = frame_times(valid)
+        for i, message in enumerate(sources):
             mark = len(result.outputs)
             try:
-                self._process_one(message, origin, now, result)
-            except Exception as exc:  # a stage failing on one frame must not stop the agent
-                # Whatever the failed frame had emitted is withdrawn; the frame itself goes to
-                # the dead-letter topic with the error, so nothing is lost without a trace.
+                outputs = (valid_out[i], state_out[i])
+                self._finish_frame(valid, states, i, times[i], outputs, now, result)
+            except Exception as exc:
                 del result.outputs[mark:]
-                log.exception(
-                    "frames: %s[%d]@%d failed", origin.topic, origin.partition, origin.offset
-                )
-                reason = f"processing failed: {type(exc).__name__}: {exc}"
-                record = self.validator.undecodable(
-                    message.value or b"", message.key, origin, reason, now
-                )
-                record["reason_code"] = "processing_error"
-                self._dead_letter(record, result)
+                self._failed(message, exc, now, result)
         return result
 
-    def _process_one(
-        self, message: RawMessage, origin: Origin, now: datetime, result: BatchResult
-    ) -> None:
-        frame = self._decode(message, origin, now, result)
-        if frame is None:
-            return
-        asset_id = str(frame.get("asset_id", ""))
-        self._ensure_loaded(asset_id)
-        validated = self.validator.validate(
-            frame, origin, now, payload=message.value, key=message.key
+    def _validate(
+        self, frames: Frames, sources: list[RawMessage], now: datetime, result: BatchResult
+    ) -> tuple[Frames, list[RawMessage]]:
+        """The valid frames and their messages; dead letters for the rest."""
+        try:
+            checked = self._validate_batch(frames, sources, now)
+        except Exception:
+            log.exception("validate: a batch of %d frames failed; frame by frame", len(frames))
+            parts: list[tuple[int, ValidatedBatch]] = []
+            for i, message in enumerate(sources):
+                try:
+                    parts.append((i, self._validate_batch(frames.take([i]), [message], now)))
+                except Exception as exc:
+                    self._failed(message, exc, now, result)
+            keep = [i for i, part in parts if len(part.frames)]
+            for _, part in parts:
+                for _, record in part.dead_letters:
+                    self._dead_letter(record, result)
+            if not keep:
+                return frames.take(np.array([], dtype=np.int64)), []
+            valid = concat_frames([part.frames for _, part in parts if len(part.frames)])
+            return valid, [sources[i] for i in keep]
+        for _, record in checked.dead_letters:
+            self._dead_letter(record, result)
+        return checked.frames, [sources[row] for row in checked.rows]
+
+    def _validate_batch(
+        self, frames: Frames, sources: list[RawMessage], now: datetime
+    ) -> ValidatedBatch:
+        origins = [Origin(m.topic, m.partition, m.offset) for m in sources]
+        return self.validator.validate_frames(
+            frames, origins, now, [m.value for m in sources], [m.key for m in sources]
         )
-        if validated.dead_letter is not None:
-            self._dead_letter(validated.dead_letter, result)
-            return
-        valid = validated.frame
-        if valid is None:  # pragma: no cover - the stage sets exactly one of the two
-            return
+
+    def _estimate(
+        self, valid: Frames, sources: list[RawMessage], now: datetime, result: BatchResult
+    ) -> tuple[States, Frames, list[RawMessage]]:
+        try:
+            return self.estimator.estimate_frames(valid), valid, sources
+        except Exception:
+            # A filter step never runs backwards, so frames the failed batch had already
+            # absorbed are not absorbed twice.
+            log.exception("estimate: a batch of %d frames failed; frame by frame", len(valid))
+        keep: list[int] = []
+        parts: list[States] = []
+        for i, message in enumerate(sources):
+            try:
+                parts.append(self.estimator.estimate_frames(valid.take([i])))
+                keep.append(i)
+            except Exception as exc:
+                self._failed(message, exc, now, result)
+        rows = np.array(keep, dtype=np.int64)
+        if not parts:
+            return self.estimator.estimate_frames(valid.take(rows)), valid.take(rows), []
+        return concat_states(parts), valid.take(rows), [sources[i] for i in keep]
+
+    def _finish_frame(
+        self,
+        valid: Frames,
+        states: States,
+        i: int,
+        times: FrameTimes,
+        encoded: tuple[bytes, bytes],
+        now: datetime,
+        result: BatchResult,
+    ) -> None:
+        """The per-frame stages (anomaly, KPI, alerts) and every output of frame i
+        (`encoded`: its validated frame and state record, already encoded)."""
+        asset_id = valid.asset_id[i]
         key = asset_id.encode()
-        state = self.estimator.estimate(valid)
+        valid_bytes, state_bytes = encoded
+        state = states.record(i)
         score = self.anomaly.score(state)
-        windows = self.kpi.add(valid, now)
-        alerts = self.alerts.on_frame(valid, now) + self.alerts.on_state(state, now)
+        windows = self.kpi.add(valid.record(i, micros=True), now)
+        alerts = self.alerts.on_frame_times(asset_id, times, now)
+        alerts += self.alerts.on_state(state, now)
         alerts += self.alerts.on_anomaly(score, now)
         for window in windows:
             alerts += self.alerts.on_kpi(window, now)
-        outputs = [("telemetry.valid", "validated_frame", valid)]
-        outputs.append(("twin.state", "state_estimate", state))
-        outputs.append(("twin.anomaly", "anomaly_score", score))
-        outputs += [("twin.kpi", "kpi_window", w) for w in windows]
-        outputs += [("twin.alerts", "alert_event", a) for a in alerts]
-        for topic, record_type, record in outputs:
-            self._emit(result, topic, key, record_type, record)
+        result.outputs.append(Output(self.topics["telemetry.valid"], key, valid_bytes))
+        result.outputs.append(Output(self.topics["twin.state"], key, state_bytes))
+        self._emit(result, "twin.anomaly", key, "anomaly_score", score)
+        for window in windows:
+            self._emit(result, "twin.kpi", key, "kpi_window", window)
+        for alert in alerts:
+            self._emit(result, "twin.alerts", key, "alert_event", alert)
         result.touched.add(asset_id)
         result.anomalies += bool(score["is_anomaly"])
         result.alert_events.update(str(a["event"]) for a in alerts)
         result.frames += 1
-        result.readings += len(valid["readings"])
+        result.readings += int(valid.bounds[i + 1] - valid.bounds[i])
+
+    def _failed(
+        self, message: RawMessage, exc: Exception, now: datetime, result: BatchResult
+    ) -> None:
+        origin = Origin(message.topic, message.partition, message.offset)
+        log.error(
+            "frames: %s[%d]@%d failed",
+            origin.topic, origin.partition, origin.offset, exc_info=exc,
+        )  # fmt: skip
+        reason = f"processing failed: {type(exc).__name__}: {exc}"
+        record = self.validator.undecodable(message.value or b"", message.key, origin, reason, now)
+        record["reason_code"] = "processing_error"
+        self._dead_letter(record, result)
+
+    def _undecodable(
+        self, message: RawMessage, reason: str, now: datetime, result: BatchResult
+    ) -> None:
+        origin = Origin(message.topic, message.partition, message.offset)
+        record = self.validator.undecodable(message.value or b"", message.key, origin, reason, now)
+        if reason.startswith(SCHEMA_MISMATCH):
+            record["reason_code"] = "schema_mismatch"
+        self._dead_letter(record, result)
 
     def tick(self) -> BatchResult:
         """Close windows of idle sources and raise stale alerts (processing time).
@@ -242,24 +340,6 @@ class FrameProcessor:
         states = self._load_state(asset_id)
         if states is not None:
             self.restore_asset(asset_id, states)
-
-    def _decode(
-        self, message: RawMessage, origin: Origin, now: datetime, result: BatchResult
-    ) -> dict[str, Any] | None:
-        payload = message.value or b""
-        try:
-            decoded = self.serde.decode(message.value)
-        except SerdeError as exc:
-            record = self.validator.undecodable(payload, message.key, origin, str(exc), now)
-            self._dead_letter(record, result)
-            return None
-        if decoded.record_type != "telemetry_frame":
-            reason = f"expected a telemetry_frame, got a {decoded.record_type}"
-            record = self.validator.undecodable(payload, message.key, origin, reason, now)
-            record["reason_code"] = "schema_mismatch"
-            self._dead_letter(record, result)
-            return None
-        return decoded.record
 
     def _dead_letter(self, record: dict[str, Any], result: BatchResult) -> None:
         result.dead_letters += 1

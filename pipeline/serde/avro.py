@@ -97,13 +97,8 @@ class AvroSerde:
             raise SerdeError(
                 f"unknown record type {record_type!r} (known: {', '.join(self._latest)})"
             )
-        registry = self._registry
-        if registry is None:
-            header = self._local_headers[record_type]
-        else:
-            header = self._registry_header(registry, latest, topic or latest.topic)
         out = BytesIO()
-        out.write(header)
+        out.write(self._header_for(latest, topic))
         try:
             schemaless_writer(out, latest.parsed, record)
         except Exception as exc:  # fastavro raises many types; explain the record instead
@@ -112,6 +107,30 @@ class AvroSerde:
                 f"{latest.fullname}): {_explain(latest, record, exc)}"
             ) from exc
         return out.getvalue()
+
+    def header(self, record_type: str, topic: str | None = None) -> bytes:
+        """The 5-byte wire-format header `encode` writes before a `record_type` body (same
+        `topic` meaning as there)."""
+        latest = self._latest.get(record_type)
+        if latest is None:
+            raise SerdeError(
+                f"unknown record type {record_type!r} (known: {', '.join(self._latest)})"
+            )
+        return self._header_for(latest, topic)
+
+    def known_schema(self, schema_id: int) -> tuple[str, int | None] | None:
+        """(record type, catalog version) of a schema id this serde already knows: every
+        local catalog id, and registry ids it has decoded before (version None when the
+        registry schema is none of the local versions). None otherwise; never asks the
+        registry."""
+        entry = self._readers.get(schema_id)
+        return None if entry is None else (entry.record_type, entry.version)
+
+    def _header_for(self, latest: SchemaVersion, topic: str | None) -> bytes:
+        registry = self._registry
+        if registry is None:
+            return self._local_headers[latest.record_type]
+        return self._registry_header(registry, latest, topic or latest.topic)
 
     def decode(self, data: bytes | None) -> Decoded:
         """Decode a message value in the Confluent wire format into the newest version of

@@ -67,6 +67,7 @@ from pipeline.stages.alerts_rules import anomaly, kpi_floor, record_window, thre
 from pipeline.stages.alerts_settings import AlertCounters, AlertSettings
 from pipeline.stages.alerts_stale import StaleWatch, look, observe, stale, usable_readings
 from pipeline.stages.alerts_state import AssetAlerts, Timing
+from pipeline.stages.alerts_times import FrameTimes
 from pipeline.stages.common import from_micros, to_micros
 from pipeline.stages.ticks import DUE_NOW, TickSchedule
 
@@ -133,6 +134,14 @@ class AlertEngine:
     def on_frame(self, frame: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
         """Stale rules, from the usable readings of one validated frame."""
         return self._guard("validated_frame", frame, now, self._on_frame)
+
+    def on_frame_times(
+        self, asset_id: str, times: FrameTimes, now: datetime
+    ) -> list[dict[str, Any]]:
+        """`on_frame` for a frame the worker reduced with `alerts_times.frame_times`."""
+        return self._guard(
+            "validated_frame", {"asset_id": asset_id, "times": times}, now, self._on_times
+        )
 
     def on_anomaly(self, score: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
         """Anomaly rules, from one anomaly_score record."""
@@ -205,7 +214,10 @@ class AlertEngine:
         return _stale_rules(emit, rules)
 
     def _on_frame(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> int | None:
-        newest, fresh = usable_readings(record["readings"])
+        return self._on_times(asset, state, emit, {"times": usable_readings(record["readings"])})
+
+    def _on_times(self, asset: Asset, state: AssetAlerts, emit: Emitter, record: Any) -> int | None:
+        newest, fresh = record["times"]
         observe(state, asset, newest, fresh, emit.now_us, self._gap_us)
         return _stale_rules(emit, self._rules[asset.id])
 

@@ -28,28 +28,38 @@ What the stage does with readings:
   0, zero variances and no innovation or NIS (a code has no noise to filter and its changes are
   not motion).
 - Several readings of one signal in a frame are absorbed in time order, in rounds (the k-th
-  reading of every signal in round k), each round one set of array operations.
+  reading of every signal in round k).
 
 The output carries every signal of the asset that has been initialised by a usable reading at
 some time (in the site's signal order), predicted to the frame's time `ts`: the latest reading
 time of the frame whose timestamp is trusted (not FUTURE_TIMESTAMP or TOO_OLD), and never
-earlier than the asset's last update. Signals that never had a usable reading are left out:
-there is nothing to report about them. The prediction to `ts` is not stored, so a slower
-signal's reading sampled a little before `ts` is still absorbed by the next frame.
+earlier than the asset's last update (the frame's ingest time when there is neither). Signals
+that never had a usable reading are left out: there is nothing to report about them. The
+prediction to `ts` is not stored, so a slower signal's reading sampled a little before `ts` is
+still absorbed by the next frame.
+
+A batch (`Estimator.estimate_frames`) gives exactly what estimating its frames one after the
+other would: the filters of all assets live in one `FilterStore`, the j-th frames of the assets
+in the batch form frame round j, and each reading round of a frame round is one vectorised step
+over every asset in it, so the work in numpy calls depends on the rounds, not on the frames.
 """
 
 from __future__ import annotations
 
-import math
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipeline.errors import TwinError
-from pipeline.site import Asset, SignalKind, Site
-from pipeline.stages.common import from_micros, to_micros
-from pipeline.stages.kalman import SignalFilters
+from pipeline.site import Site
+from pipeline.stages.frames import BAD, FLAG_BIT, UNCERTAIN, Frames, States
+from pipeline.stages.kalman import FilterStore
+from pipeline.stages.kalman_layout import SiteLayout, spans
+
+Ints = npt.NDArray[np.int64]
 
 CHI2_999_1DOF = 10.827566170662733
 """The 0.999 quantile of the chi-square distribution with one degree of freedom."""
@@ -68,7 +78,7 @@ DEFAULT_UNUSABLE_FLAGS = frozenset(
         "DEVICE_UNCERTAIN",
     }
 )
-_UNTRUSTED_TIME = frozenset({"FUTURE_TIMESTAMP", "TOO_OLD"})
+_UNTRUSTED_TIME = FLAG_BIT["FUTURE_TIMESTAMP"] | FLAG_BIT["TOO_OLD"]
 
 
 class EstimateError(TwinError):
@@ -96,163 +106,250 @@ class Estimator:
     def __init__(self, site: Site, settings: EstimateSettings | None = None) -> None:
         self.site = site
         self.settings = settings if settings is not None else EstimateSettings()
-        self._filters: dict[str, SignalFilters] = {}
-        self._unusable = self.settings.unusable_flags
-        self._skip_uncertain = "DEVICE_UNCERTAIN" in self._unusable
+        self._layout = SiteLayout(site, self.settings.gate, self.settings.min_measurement_variance)
+        self._store = FilterStore(self.settings.reinit_after)
+        self._first: Ints = np.full(len(self._layout.names), -1, dtype=np.int64)
+        """Store row of each slot's first signal; -1 until the asset has rows."""
+        self._seen: dict[str, int] = {}
+        """Asset id -> slot of the assets estimated or restored, in that order."""
+        unusable = self.settings.unusable_flags
+        self._unusable = sum(FLAG_BIT.get(name, 0) for name in unusable)
+        self._skip_uncertain = "DEVICE_UNCERTAIN" in unusable
+        # What the current frame round did to each store row (`_start_round`, `_step`).
+        self._innovation = np.empty(0)
+        self._nis = np.empty(0)
+        self._outlier = np.empty(0, dtype=np.bool_)
+        self._measured = np.empty(0, dtype=np.bool_)
 
     def assets(self) -> list[str]:
-        return list(self._filters)
+        return list(self._seen)
 
     def snapshot(self, asset_id: str) -> dict[str, Any] | None:
-        filters = self._filters.get(asset_id)
-        return None if filters is None else filters.snapshot()
+        slot = self._seen.get(asset_id)
+        return None if slot is None else self._store.snapshot(self._rows(slot))
 
     def restore(self, asset_id: str, state: dict[str, Any]) -> None:
-        filters = self._new_filters(self._asset(asset_id))
+        slot = self._slots([asset_id])
+        self._allocate(slot)
+        first = int(self._first[slot[0]])
         try:
-            filters.restore(state)
+            self._store.restore(first, self._layout.index[int(slot[0])], state)
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise EstimateError(
                 f"estimate: cannot restore state of asset {asset_id}: {exc}"
             ) from exc
-        self._filters[asset_id] = filters
+        self._seen.setdefault(asset_id, int(slot[0]))
 
     def estimate(self, frame: dict[str, Any]) -> dict[str, Any]:
         """The state_estimate record for one validated_frame record."""
-        asset_id: str = frame["asset_id"]
-        filters = self._filters.get(asset_id)
-        if filters is None:
-            filters = self._filters[asset_id] = self._new_filters(self._asset(asset_id))
-        latest, rows, times, values = self._usable(filters, frame["readings"])
+        return self.estimate_frames(Frames.from_records([frame])).record(0)
 
-        n = len(filters.names)
-        innovation = np.full(n, np.nan)
-        nis = np.full(n, np.nan)
-        outlier = np.zeros(n, dtype=np.bool_)
-        measured = np.zeros(n, dtype=np.bool_)
-        for sel in _rounds(rows, times):
-            result = filters.step(rows[sel], times[sel], values[sel])
-            innovation[result.rows] = result.innovation
-            nis[result.rows] = result.nis
-            outlier[result.rows] |= result.outlier
-            measured[result.rows] |= ~result.outlier
+    def estimate_frames(self, frames: Frames) -> States:
+        """The state estimates of a validated batch, one per frame in the batch's order: what
+        `estimate` of each frame in turn would give. Raises EstimateError, changing nothing,
+        for a batch with an asset the site lacks."""
+        flags = frames.flags
+        if flags is None:
+            if len(frames):
+                raise EstimateError("estimate: the batch is not validated (it has no flags)")
+            flags = np.zeros(0, dtype=np.uint16)
+        slots = self._slots(frames.asset_id)
+        for asset_id, slot in zip(frames.asset_id, slots.tolist(), strict=True):
+            self._seen.setdefault(asset_id, slot)
+        self._allocate(slots)
+        first, size = self._first[slots], self._layout.size[slots]
+        frame_of = frames.frame_of_reading()
+        codes = np.fromiter(
+            map(self._layout.codes.__getitem__, frames.signal.tolist()),
+            dtype=np.int64,
+            count=frames.readings,
+        )
+        offset = self._layout.offset[slots[frame_of], codes]
+        known = offset >= 0
+        trusted = known & ((flags & _UNTRUSTED_TIME) == 0)
+        latest = _segment_max(np.where(trusted, frames.ts_us, -1), frames.bounds)
+        usable = known & ((flags & self._unusable) == 0) & (frames.quality != BAD)
+        if self._skip_uncertain:
+            usable &= frames.quality != UNCERTAIN
+        usable &= np.isfinite(frames.value)
+        picked = np.flatnonzero(usable)
+        rows = first[frame_of[picked]] + offset[picked]
+        times, values = frames.ts_us[picked], frames.value[picked]
 
-        ready = np.flatnonzero(filters.ready)
-        if ready.size:
-            latest = max(latest, int(filters.t_us[ready].max()))
-        if latest < 0:
-            latest = to_micros(frame["ingest_ts"])
-        pred = filters.predict(ready, latest)
-        signals = [
-            {
-                "signal": filters.names[row],
-                "value": value,
-                "rate": rate,
-                "variance": p_ll,
-                "rate_variance": p_rr,
-                "innovation": None if math.isnan(inn) else inn,
-                "nis": None if math.isnan(ni) else ni,
-                "outlier": out,
-                "measured": meas,
-            }
-            for row, value, rate, p_ll, p_rr, inn, ni, out, meas in zip(
-                ready.tolist(),
-                pred.level.tolist(),
-                pred.rate.tolist(),
-                pred.p_ll.tolist(),
-                pred.p_rr.tolist(),
-                innovation[ready].tolist(),
-                nis[ready].tolist(),
-                outlier[ready].tolist(),
-                measured[ready].tolist(),
-                strict=True,
+        frame_round = _ranks(slots)
+        rounds = int(frame_round.max()) + 1 if len(frames) else 0
+        reading_rounds = _reading_rounds(frame_round[frame_of[picked]], rows, times, rounds)
+        by_round = np.argsort(frame_round, kind="stable")
+        round_bounds = np.zeros(rounds + 1, dtype=np.int64)
+        np.cumsum(np.bincount(frame_round, minlength=rounds), out=round_bounds[1:])
+        ts_us = np.empty(len(frames), dtype=np.int64)
+        parts: list[tuple[Any, ...]] = []
+        for j in range(rounds):
+            chosen = by_round[round_bounds[j] : round_bounds[j + 1]]
+            out_rows = spans(first[chosen], size[chosen])
+            self._start_round(out_rows)
+            for sel in reading_rounds[j]:
+                self._step(rows[sel], times[sel], values[sel])
+            parts.append(self._outputs(chosen, out_rows, size[chosen], latest, frames, ts_us))
+        return _states(frames, ts_us, parts)
+
+    def _slots(self, asset_ids: list[str]) -> Ints:
+        try:
+            return np.fromiter(
+                map(self._layout.slot.__getitem__, asset_ids),
+                dtype=np.int64,
+                count=len(asset_ids),
             )
-        ]
-        return {
-            "asset_id": asset_id,
-            "source_id": frame["source_id"],
-            "seq": frame["seq"],
-            "ts": from_micros(latest),
-            "ingest_ts": frame["ingest_ts"],
-            "signals": signals,
-        }
+        except KeyError as exc:
+            raise EstimateError(
+                f"estimate: asset {exc.args[0]!r} is not in site {self.site.name}"
+            ) from None
 
-    def _usable(
-        self, filters: SignalFilters, readings: list[dict[str, Any]]
-    ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-        """The frame's latest trusted time (-1 if none) and its usable readings as arrays."""
-        index, unusable, skip_uncertain = filters.index, self._unusable, self._skip_uncertain
-        latest = -1
-        rows: list[int] = []
-        times: list[int] = []
-        values: list[float] = []
-        for reading in readings:
-            row = index.get(reading["signal"])
-            if row is None:
-                continue
-            flags = reading["flags"]
-            t_us = to_micros(reading["ts"])
-            if _UNTRUSTED_TIME.isdisjoint(flags) and t_us > latest:
-                latest = t_us
-            quality = reading["quality"]
-            if (
-                quality == "BAD"
-                or (skip_uncertain and quality == "UNCERTAIN")
-                or not unusable.isdisjoint(flags)
-            ):
-                continue
-            rows.append(row)
-            times.append(t_us)
-            values.append(reading["value"])
-        z = np.asarray(values, dtype=np.float64)
-        finite = np.isfinite(z)
+    def _rows(self, slot: int) -> slice:
+        first = int(self._first[slot])
+        return slice(first, first + int(self._layout.size[slot]))
+
+    def _allocate(self, slots: Ints) -> None:
+        """Store rows for the assets of `slots` that have none yet, in order of appearance."""
+        missing = slots[self._first[slots] < 0]
+        if missing.size == 0:
+            return
+        _, at = np.unique(missing, return_index=True)
+        new = missing[np.sort(at)]
+        names, constants = self._layout.signals(new)
+        first = self._store.allocate(names, constants)
+        sizes = self._layout.size[new]
+        self._first[new] = first + np.cumsum(sizes) - sizes
+        capacity = self._store.capacity
+        if self._innovation.size < capacity:
+            self._innovation = np.empty(capacity)
+            self._nis = np.empty(capacity)
+            self._outlier = np.empty(capacity, dtype=np.bool_)
+            self._measured = np.empty(capacity, dtype=np.bool_)
+
+    def _start_round(self, rows: Ints) -> None:
+        self._innovation[rows] = np.nan
+        self._nis[rows] = np.nan
+        self._outlier[rows] = False
+        self._measured[rows] = False
+
+    def _step(self, rows: Ints, times: Ints, values: npt.NDArray[np.float64]) -> None:
+        result = self._store.step(rows, times, values)
+        self._innovation[result.rows] = result.innovation
+        self._nis[result.rows] = result.nis
+        self._outlier[result.rows] |= result.outlier
+        self._measured[result.rows] |= ~result.outlier
+
+    def _outputs(
+        self,
+        chosen: Ints,
+        rows: Ints,
+        sizes: Ints,
+        latest: Ints,
+        frames: Frames,
+        ts_us: Ints,
+    ) -> tuple[Any, ...]:
+        """The output columns of the frames `chosen` (one per asset), whose assets have the
+        store rows `rows` (`sizes` per frame); sets their `ts_us`."""
+        store = self._store
+        ready = store.ready[rows]
+        starts = np.cumsum(sizes) - sizes
+        shown = np.add.reduceat(ready.astype(np.int64), starts)
+        updated = np.maximum.reduceat(np.where(ready, store.t_us[rows], -1), starts)
+        ts = np.maximum(latest[chosen], updated)
+        ts = np.where(ts < 0, frames.ingest_us[chosen], ts)
+        ts_us[chosen] = ts
+        kept = rows[ready]
+        pred = store.predict(kept, np.repeat(ts, shown))
         return (
-            latest,
-            np.asarray(rows, dtype=np.intp)[finite],
-            np.asarray(times, dtype=np.int64)[finite],
-            z[finite],
-        )
-
-    def _asset(self, asset_id: str) -> Asset:
-        asset = self.site.get_asset(asset_id)
-        if asset is None:
-            raise EstimateError(f"estimate: asset {asset_id!r} is not in site {self.site.name}")
-        return asset
-
-    def _new_filters(self, asset: Asset) -> SignalFilters:
-        signals = list(asset.signals.values())
-        floor = self.settings.min_measurement_variance
-        kinds = [s.kind for s in signals]
-        return SignalFilters(
-            names=tuple(s.name for s in signals),
-            q=np.array(
-                [
-                    0.0 if k is SignalKind.STATE else s.process_noise_density
-                    for s, k in zip(signals, kinds, strict=True)
-                ]
-            ),
-            r=np.array([max(s.measurement_noise**2, floor) for s in signals]),
-            rate_variance0=np.array([s.max_rate**2 for s in signals]),
-            max_rate=np.array([s.max_rate for s in signals]),
-            gate=np.array(
-                [self.settings.gate if k is SignalKind.GAUGE else math.inf for k in kinds]
-            ),
-            passthrough=np.array([k is SignalKind.STATE for k in kinds], dtype=np.bool_),
-            reinit_after=self.settings.reinit_after,
+            np.repeat(chosen, shown),
+            store.signal[kept],
+            pred.level,
+            pred.rate,
+            pred.p_ll,
+            pred.p_rr,
+            self._innovation[kept],
+            self._nis[kept],
+            self._outlier[kept],
+            self._measured[kept],
         )
 
 
-def _rounds(rows: np.ndarray, times: np.ndarray) -> list[np.ndarray]:
-    """Index arrays, one per round: the k-th reading (in time) of every signal in round k."""
+def _states(frames: Frames, ts_us: Ints, parts: list[tuple[Any, ...]]) -> States:
+    """The States of the batch from the columns of its frame rounds, put in frame order."""
+    if parts:
+        columns = [np.concatenate(column) for column in zip(*parts, strict=True)]
+    else:
+        columns = [np.empty(0, dtype=np.int64), np.empty(0, dtype=object)]
+        columns += [np.empty(0)] * 6 + [np.empty(0, dtype=np.bool_)] * 2
+    if len(parts) > 1:
+        order = np.argsort(columns[0], kind="stable")
+        columns = [column[order] for column in columns]
+    bounds = np.zeros(len(frames) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(columns[0], minlength=len(frames)), out=bounds[1:])
+    _, signal, value, rate, variance, rate_variance, innovation, nis, outlier, measured = columns
+    return States(
+        asset_id=frames.asset_id,
+        source_id=frames.source_id,
+        seq=frames.seq,
+        ts_us=ts_us,
+        ingest_us=frames.ingest_us,
+        bounds=bounds,
+        signal=signal,
+        value=value,
+        rate=rate,
+        variance=variance,
+        rate_variance=rate_variance,
+        innovation=innovation,
+        nis=nis,
+        outlier=outlier,
+        measured=measured,
+    )
+
+
+def _ranks(keys: Ints) -> Ints:
+    """For each element, how many earlier elements have the same key (0 for the first)."""
+    order = np.argsort(keys, kind="stable")
+    return _group_ranks(keys[order])[np.argsort(order)]
+
+
+def _group_ranks(sorted_keys: Ints) -> Ints:
+    """Position of each element within its run of equal keys."""
+    first = np.ones(sorted_keys.size, dtype=np.bool_)
+    first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    positions = np.arange(sorted_keys.size)
+    return positions - np.maximum.accumulate(np.where(first, positions, 0))
+
+
+def _reading_rounds(frame_round: Ints, rows: Ints, times: Ints, rounds: int) -> list[list[Ints]]:
+    """Per frame round, index arrays of its reading rounds: round k holds the k-th reading (in
+    time, ties in batch order) of every store row that has one in that frame round."""
+    out: list[list[Ints]] = [[] for _ in range(rounds)]
     if rows.size == 0:
-        return []
-    order = np.lexsort((times, rows))
-    sorted_rows = rows[order]
-    first = np.ones(rows.size, dtype=np.bool_)
-    first[1:] = sorted_rows[1:] != sorted_rows[:-1]
-    positions = np.arange(rows.size)
-    rank = positions - np.maximum.accumulate(np.where(first, positions, 0))
-    last = int(rank.max())
-    if last == 0:
-        return [order]
-    return [order[rank == k] for k in range(last + 1)]
+        return out
+    order = np.lexsort((times, rows, frame_round))
+    # Rows are unique per asset and signal, and an asset has one frame per frame round, so a
+    # (frame round, row) pair is one signal of one frame.
+    pair = frame_round[order] * (int(rows.max()) + 1) + rows[order]
+    rank = _group_ranks(pair)
+    width = int(rank.max()) + 1
+    key = frame_round[order] * width + rank
+    if int(key.max()) <= np.iinfo(np.int16).max:
+        key = key.astype(np.int16)  # numpy's stable sort of 16-bit integers is a radix sort
+    by_key = np.argsort(key, kind="stable")
+    order, key = order[by_key], key[by_key]
+    cuts = np.flatnonzero(key[1:] != key[:-1]) + 1
+    for lo, hi in pairwise([0, *cuts.tolist(), key.size]):
+        out[int(key[lo]) // width].append(order[lo:hi])
+    return out
+
+
+def _segment_max(values: Ints, bounds: Ints) -> Ints:
+    """The largest of values[bounds[i]:bounds[i + 1]] for each i; -1 where that is empty."""
+    # reduceat needs every start inside the array; the appended -1 covers trailing empty
+    # segments, and empty segments in between are overwritten.
+    padded = np.append(values, -1)
+    out = np.maximum.reduceat(padded, bounds[:-1]) if bounds.size > 1 else bounds[:0]
+    out[bounds[1:] == bounds[:-1]] = -1
+    # Like the per-frame loop, which starts from -1: times before the epoch count as none.
+    return np.maximum(out, -1)

@@ -1,4 +1,4 @@
-"""Constant-velocity Kalman filters for all signals of one asset at once: one array row per signal.
+"""Constant-velocity Kalman filters for many signals at once: one array row per (asset, signal).
 
 Each signal's state is its level and rate (units, units per second). The rate is a random walk
 with density q (the site's `Signal.process_noise_density`), so over a step of dt seconds
@@ -8,10 +8,12 @@ with density q (the site's `Signal.process_noise_density`), so over a step of dt
 and a reading measures the level with variance r. The covariance is kept as its three distinct
 entries (p_ll, p_lr, p_rr), which keeps it exactly symmetric and the update cheap.
 
-Every operation works on a vector of rows, so a frame costs a few numpy calls per round of
-readings rather than Python work per reading. A step never runs backwards: a reading that is not
-later than its signal's last update carries no new information for a forward filter and is
-skipped.
+`FilterStore` holds the filters of every asset the estimate stage has seen, each asset's
+signals in consecutive rows, with the per-signal constants in the same layout. Every operation
+works on a vector of rows, whatever assets they belong to, so a batch costs a few numpy calls per
+round of readings rather than Python work per reading or per frame. A step never runs
+backwards: a reading that is not later than its signal's last update carries no new information
+for a forward filter and is skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,28 @@ Rows = npt.NDArray[np.intp]
 Mask = npt.NDArray[np.bool_]
 
 _STATE_FIELDS = ("level", "rate", "p_ll", "p_lr", "p_rr", "run_sign")
+"""Float state columns, in the snapshot's key order (then t_us, ready, run)."""
+_CONSTANTS = ("q", "r", "rate_variance0", "max_rate", "gate", "passthrough")
+
+
+@dataclass(frozen=True, slots=True)
+class SignalConstants:
+    """Per-signal constants of some rows, from the site file and the stage settings."""
+
+    q: Floats
+    r: Floats
+    """Measurement variance (floored above zero)."""
+    rate_variance0: Floats
+    """Rate variance of a freshly (re)initialised filter: the rate is not known yet."""
+    max_rate: Floats
+    """Largest physically possible rate of change (units per second)."""
+    gate: Floats
+    """NIS above which a reading is an outlier; inf where readings are exact (no gate)."""
+    passthrough: Mask
+    """Signals whose readings are taken as they are (state codes): no filtering."""
+
+    def take(self, rows: Rows) -> SignalConstants:
+        return SignalConstants(*(getattr(self, name)[rows] for name in _CONSTANTS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,46 +76,67 @@ class StepResult:
     """Failed the gate and was not absorbed."""
 
 
-class SignalFilters:
-    """The filters of one asset's signals; constants from the site, state in arrays."""
+class FilterStore:
+    """The filters of many signals: constants and state in arrays, one row per signal.
 
-    def __init__(
-        self,
-        names: tuple[str, ...],
-        q: Floats,
-        r: Floats,
-        rate_variance0: Floats,
-        max_rate: Floats,
-        gate: Floats,
-        passthrough: Mask,
-        reinit_after: int,
-    ) -> None:
-        n = len(names)
-        self.names = names
-        self.index = {name: i for i, name in enumerate(names)}
-        self.q = q
-        self.r = r
-        """Measurement variance (floored above zero)."""
-        self.rate_variance0 = rate_variance0
-        """Rate variance of a freshly (re)initialised filter: the rate is not known yet."""
-        self.max_rate = max_rate
-        """Largest physically possible rate of change (units per second)."""
-        self.gate = gate
-        """NIS above which a reading is an outlier; inf where readings are exact (no gate)."""
-        self.passthrough = passthrough
-        """Signals whose readings are taken as they are (state codes): no filtering."""
+    Rows are handed out by `allocate` and never move; the arrays grow (by doubling) as needed,
+    so read them through the attributes, not through references kept across an `allocate`.
+    """
+
+    def __init__(self, reinit_after: int, capacity: int = 64) -> None:
         self.reinit_after = reinit_after
-        self.level = np.zeros(n)
-        self.rate = np.zeros(n)
-        self.p_ll = np.zeros(n)
-        self.p_lr = np.zeros(n)
-        self.p_rr = np.zeros(n)
-        self.t_us = np.zeros(n, dtype=np.int64)
-        self.ready = np.zeros(n, dtype=np.bool_)
+        """Consecutive same-side outliers after which a filter restarts at the reading."""
+        self.rows = 0
+        """Rows in use."""
+        self.signal = np.empty(capacity, dtype=object)
+        """Signal name of each row."""
+        self.q = np.zeros(capacity)
+        self.r = np.zeros(capacity)
+        self.rate_variance0 = np.zeros(capacity)
+        self.max_rate = np.zeros(capacity)
+        self.gate = np.zeros(capacity)
+        self.passthrough = np.zeros(capacity, dtype=np.bool_)
+        self.level = np.zeros(capacity)
+        self.rate = np.zeros(capacity)
+        self.p_ll = np.zeros(capacity)
+        self.p_lr = np.zeros(capacity)
+        self.p_rr = np.zeros(capacity)
+        self.t_us = np.zeros(capacity, dtype=np.int64)
+        """Time of the last update."""
+        self.ready = np.zeros(capacity, dtype=np.bool_)
         """Initialised by a first usable reading."""
-        self.run = np.zeros(n, dtype=np.int64)
+        self.run = np.zeros(capacity, dtype=np.int64)
         """Consecutive outliers on the same side of the prediction."""
-        self.run_sign = np.zeros(n)
+        self.run_sign = np.zeros(capacity)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.level.size)
+
+    def allocate(self, signals: npt.NDArray[np.object_], constants: SignalConstants) -> int:
+        """New uninitialised rows for these signals (names) and constants; the first new row."""
+        first, n = self.rows, int(signals.size)
+        if first + n > self.capacity:
+            self._grow(max(2 * self.capacity, first + n))
+        new = slice(first, first + n)
+        self.signal[new] = signals
+        for name in _CONSTANTS:
+            getattr(self, name)[new] = getattr(constants, name)
+        self.rows = first + n
+        return first
+
+    def reset(self, rows: slice) -> None:
+        """Forget the state of `rows` (back to uninitialised)."""
+        for name in (*_STATE_FIELDS, "t_us", "ready", "run"):
+            getattr(self, name)[rows] = 0
+
+    def _grow(self, capacity: int) -> None:
+        for name in ("signal", *_CONSTANTS, *_STATE_FIELDS, "t_us", "ready", "run"):
+            old = getattr(self, name)
+            new = np.empty(capacity, dtype=old.dtype)
+            new[: old.size] = old
+            new[old.size :] = None if old.dtype == object else 0
+            setattr(self, name, new)
 
     def predict(self, rows: Rows, t_us: Ints | int) -> Prediction:
         """The state of `rows` at `t_us` (not stored); never predicts backwards."""
@@ -101,7 +146,7 @@ class SignalFilters:
         dt2 = dt * dt
         return Prediction(
             level=self.level[rows] + dt * self.rate[rows],
-            rate=self.rate[rows].copy(),
+            rate=self.rate[rows],
             p_ll=self.p_ll[rows] + 2 * dt * p_lr + dt2 * p_rr + q * dt2 * dt / 3,
             p_lr=p_lr + dt * p_rr + q * dt2 / 2,
             p_rr=p_rr + q * dt,
@@ -110,7 +155,8 @@ class SignalFilters:
     def step(self, rows: Rows, t_us: Ints, z: Floats) -> StepResult:
         """Absorb one reading per row (rows unique) taken at `t_us`, gating outliers."""
         fresh = ~self.ready[rows] | (t_us > self.t_us[rows])
-        rows, t_us, z = rows[fresh], t_us[fresh], z[fresh]
+        if not fresh.all():
+            rows, t_us, z = rows[fresh], t_us[fresh], z[fresh]
         ready = self.ready[rows]
         dt = (t_us - self.t_us[rows]) / 1e6
         pred = self.predict(rows, t_us)
@@ -148,7 +194,8 @@ class SignalFilters:
 
         passthrough = self.passthrough[rows]
         gated = surprise & ~manoeuvre
-        # The common case (every row initialised, no outlier, no state code) ends here.
+        # The common case (every row initialised, no outlier, no state code) ends here; the
+        # other branch leaves such rows exactly as they are (x * 1.0 and where(False) are exact).
         if gated.any() or passthrough.any() or not ready.all():
             sign = np.sign(y)
             run = np.where(self.run_sign[rows] == sign, self.run[rows] + 1, 1)
@@ -181,23 +228,30 @@ class SignalFilters:
         self.ready[rows] = True
         return StepResult(rows, y, nis, outlier)
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-able state: per signal name, lists in row order."""
-        state: dict[str, Any] = {"signals": list(self.names)}
+    def snapshot(self, rows: slice) -> dict[str, Any]:
+        """JSON-able state of `rows`: their signal names, then per field a list in row order."""
+        state: dict[str, Any] = {"signals": self.signal[rows].tolist()}
         for name in _STATE_FIELDS:
-            state[name] = getattr(self, name).tolist()
-        state["t_us"] = self.t_us.tolist()
-        state["ready"] = self.ready.tolist()
-        state["run"] = self.run.tolist()
+            state[name] = getattr(self, name)[rows].tolist()
+        state["t_us"] = self.t_us[rows].tolist()
+        state["ready"] = self.ready[rows].tolist()
+        state["run"] = self.run[rows].tolist()
         return state
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Load a `snapshot`; signals it does not know start uninitialised, unknown ones drop."""
+    def restore(self, first: int, index: dict[str, int], state: dict[str, Any]) -> None:
+        """Load a `snapshot` into the rows from `first` on, where `index` maps a signal name to
+        its row offset; signals the state does not know start uninitialised, unknown ones drop.
+        Raises KeyError, TypeError, ValueError or IndexError, before changing anything, when the
+        state is not a snapshot."""
         names: list[str] = state["signals"]
-        src = np.array([i for i, name in enumerate(names) if name in self.index], dtype=np.intp)
-        dst = np.array([self.index[name] for name in names if name in self.index], dtype=np.intp)
-        for name in _STATE_FIELDS:
-            getattr(self, name)[dst] = np.asarray(state[name], dtype=np.float64)[src]
-        self.t_us[dst] = np.asarray(state["t_us"], dtype=np.int64)[src]
-        self.ready[dst] = np.asarray(state["ready"], dtype=np.bool_)[src]
-        self.run[dst] = np.asarray(state["run"], dtype=np.int64)[src]
+        src = np.array([i for i, name in enumerate(names) if name in index], dtype=np.intp)
+        dst = np.array([index[name] for name in names if name in index], dtype=np.intp)
+        loaded: dict[str, npt.NDArray[Any]] = {
+            name: np.asarray(state[name], dtype=np.float64)[src] for name in _STATE_FIELDS
+        }
+        loaded["t_us"] = np.asarray(state["t_us"], dtype=np.int64)[src]
+        loaded["ready"] = np.asarray(state["ready"], dtype=np.bool_)[src]
+        loaded["run"] = np.asarray(state["run"], dtype=np.int64)[src]
+        self.reset(slice(first, first + len(index)))
+        for name, values in loaded.items():
+            getattr(self, name)[first + dst] = values

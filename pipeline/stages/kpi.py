@@ -84,7 +84,8 @@ class KpiWindows:
     # --- the stage -----------------------------------------------------------------------
 
     def add(self, frame: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
-        """Take one validated_frame; return the kpi_window records it closed or revised."""
+        """Take one validated_frame (reading timestamps as aware datetimes or integer
+        microseconds); return the kpi_window records it closed or revised."""
         asset_id = frame["asset_id"]
         aggregator = self._aggregators.get(asset_id)
         if aggregator is None:
@@ -112,7 +113,8 @@ class KpiWindows:
         pane = None
         is_late = False
         # A frame's readings share a few timestamps (one per scan): convert each once.
-        micros: dict[datetime, int] = {}
+        # (Readings built from the worker's columns carry integer microseconds already.)
+        micros: dict[datetime | int, int] = {}
         # One pass, no calls per reading: this is the hot path.
         for reading in readings:
             flags = reading["flags"]
@@ -129,7 +131,7 @@ class KpiWindows:
             when = reading["ts"]
             ts = micros.get(when)
             if ts is None:
-                ts = micros[when] = (when - _EPOCH) // _MICROSECOND
+                ts = micros[when] = when if type(when) is int else (when - _EPOCH) // _MICROSECOND
             start = ts - ts % pane_us
             if start != current:
                 current = start

@@ -5,6 +5,14 @@
     result.frame          # validated_frame record for telemetry.valid, or None
     result.dead_letter    # dead_letter record for telemetry.deadletter, or None
 
+    batch = validator.validate_frames(frames, origins, now)   # a columnar batch (Frames)
+    batch.frames          # the accepted frames, validated (flags, quality, validated_us)
+    batch.rows            # the input index of each of them
+    batch.dead_letters    # (input index, dead_letter record) of the others
+
+`validate_frames` gives exactly what `validate` would give frame by frame, in batch order; the
+reading checks run as array operations over the whole batch (`validate_batch`).
+
 Every reading is checked and kept, with the flags it earned (QualityFlag of validated_frame):
 
     flag                   when                                             quality becomes
@@ -44,40 +52,32 @@ other assets' numbers as gaps.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
+
 from pipeline.site import Site
 from pipeline.stages.common import Origin, to_micros
+from pipeline.stages.frames import FLAGS, Frames
+from pipeline.stages.validate_batch import SignalTable, Window, check_readings, flag_counts
 from pipeline.stages.validate_records import dead_letter, describe, frame_problem, reading_times
-from pipeline.stages.validate_state import (
-    COUNTER,
-    GAUGE,
-    AssetState,
-    SeqWindow,
-    SignalLimits,
-    SignalState,
-    ValidateSettings,
-)
+from pipeline.stages.validate_state import AssetState, SeqWindow, SignalState, ValidateSettings
 
-__all__ = ["FLAGS", "REASON_CODES", "STAGE", "Origin", "ValidateSettings", "Validated", "Validator"]
+__all__ = [
+    "FLAGS",
+    "REASON_CODES",
+    "STAGE",
+    "Origin",
+    "ValidateSettings",
+    "Validated",
+    "ValidatedBatch",
+    "Validator",
+]
 
 STAGE = "validate"
-FLAGS = (
-    "OUT_OF_PHYSICAL_RANGE",
-    "OUT_OF_EXPECTED_RANGE",
-    "RATE_OF_CHANGE",
-    "NOT_FINITE",
-    "STALE",
-    "FUTURE_TIMESTAMP",
-    "TOO_OLD",
-    "OUT_OF_ORDER",
-    "DUPLICATE",
-    "UNKNOWN_SIGNAL",
-    "DEVICE_BAD",
-    "DEVICE_UNCERTAIN",
-)
 _ONE_US = timedelta(microseconds=1)
 COUNTS = (
     "frames",
@@ -101,17 +101,27 @@ class Validated:
     """dead_letter record for telemetry.deadletter."""
 
 
+@dataclass(slots=True)
+class ValidatedBatch:
+    """The outcome for a batch of frames."""
+
+    frames: Frames
+    """The accepted frames, validated: `flags`, `quality` after the checks, `validated_us`."""
+    rows: list[int]
+    """The input frame index of each accepted frame."""
+    dead_letters: list[tuple[int, dict[str, Any]]]
+    """(input frame index, dead_letter record) of each rejected frame."""
+
+
 class Validator:
     """Per-reading checks and whole-frame rejections; state per asset (see module doc)."""
 
     def __init__(self, site: Site, settings: ValidateSettings | None = None) -> None:
         self.site = site
         self.settings = settings if settings is not None else ValidateSettings.for_site(site)
-        self._limits = {
-            asset.id: {name: SignalLimits(s, self.settings) for name, s in asset.signals.items()}
-            for asset in site.assets
-        }
-        self._sole_asset = {a.id: len(site.assets_fed_by(a.source_id)) == 1 for a in site.assets}
+        self._table = SignalTable(site, self.settings)
+        fed = Counter(asset.source_id for asset in site.assets)
+        self._sole_asset = {a.id: fed[a.source_id] == 1 for a in site.assets}
         self._states: dict[str, AssetState] = {}
         self._future_us = self.settings.future_tolerance // _ONE_US
         self._max_age_us = self.settings.max_age // _ONE_US
@@ -163,193 +173,144 @@ class Validator:
     ) -> Validated:
         """Check one telemetry_frame record. `payload` and `key` are the message's original
         bytes, kept in a dead letter (an empty payload when not given)."""
-        self._counts["frames"] += 1
         problem = frame_problem(frame)
-        times: list[int] | None = None
         if problem is None:
-            times, problem = reading_times(frame["readings"])
+            _, problem = reading_times(frame["readings"])
             if problem is not None:
                 problem = f"{describe(frame)}: {problem}"
         if problem is not None:
-            return self._reject(frame, origin, now, payload, key, "invalid_frame", problem)
-        asset_id, source_id, seq = frame["asset_id"], frame["source_id"], frame["seq"]
-        limits = self._limits.get(asset_id)
-        if limits is None:
-            problem = f"unknown asset {asset_id!r} (site {self.site.name})"
-            return self._reject(frame, origin, now, payload, key, "unknown_asset", problem)
-        state = self._states.get(asset_id)
-        window = state.sources.get(source_id) if state is not None else None
-        if window is not None and seq in window.seen:
-            problem = f"frame seq {seq} of source {source_id} for asset {asset_id} already seen"
-            return self._reject(frame, origin, now, payload, key, "duplicate", problem)
+            self._counts["frames"] += 1
+            header = frame if isinstance(frame, dict) else {}
+            letter = self._reject(header, origin, now, payload, key, "invalid_frame", problem)
+            return Validated(None, letter)
+        batch = self.validate_frames(Frames.from_records([frame]), [origin], now, [payload], [key])
+        if batch.dead_letters:
+            return Validated(None, batch.dead_letters[0][1])
+        return Validated(batch.frames.record(0), None)
 
-        if state is None:
-            state = self._states[asset_id] = AssetState()
-        if window is None:
-            window = state.sources[source_id] = SeqWindow(seq, [])
-        elif seq > window.highest + 1 and self._sole_asset[asset_id]:
-            self._counts["seq_gaps"] += 1
-            self._counts["seqs_missing"] += seq - window.highest - 1
-        elif seq < window.highest:
-            self._counts["seqs_reordered"] += 1
-        window.add(seq, self.settings.dedup_window)
-
-        readings = self._check(frame["readings"], times or [], limits, state.signals, now)
-        self._counts["frames_valid"] += 1
-        return Validated(
-            {
-                "asset_id": asset_id,
-                "source_id": source_id,
-                "seq": seq,
-                "ingest_ts": frame["ingest_ts"],
-                "validated_ts": now,
-                "readings": readings,
-            },
-            None,
+    def validate_frames(
+        self,
+        frames: Frames,
+        origins: list[Origin],
+        now: datetime,
+        payloads: list[bytes | None] | None = None,
+        keys: list[bytes | None] | None = None,
+    ) -> ValidatedBatch:
+        """Check a batch of telemetry frames (well-formed, as the serde decodes them): the
+        same outcome, stats and state as `validate` on each frame in turn. `origins`,
+        `payloads` and `keys` are per frame (payloads and keys kept in dead letters)."""
+        rows: list[int] = []
+        assets: list[int] = []
+        letters: list[tuple[int, dict[str, Any]]] = []
+        signals: dict[int, dict[str, SignalState]] = {}
+        counts = self._counts
+        asset_index = self._table.asset_index
+        readings = frames.counts().tolist()
+        for i, (asset_id, source_id, seq) in enumerate(
+            zip(frames.asset_id, frames.source_id, frames.seq.tolist(), strict=True)
+        ):
+            counts["frames"] += 1
+            a = asset_index.get(asset_id)
+            state = self._states.get(asset_id)
+            window = state.sources.get(source_id) if state is not None else None
+            if not readings[i] or a is None or (window is not None and seq in window.seen):
+                payload = payloads[i] if payloads is not None else None
+                key = keys[i] if keys is not None else None
+                letter = self._refuse(
+                    {"asset_id": asset_id, "source_id": source_id, "seq": seq},
+                    readings[i],
+                    origins[i],
+                    now,
+                    payload,
+                    key,
+                )
+                letters.append((i, letter))
+                continue
+            if state is None:
+                state = self._states[asset_id] = AssetState()
+            if window is None:
+                window = state.sources[source_id] = SeqWindow(seq, [])
+            elif seq > window.highest + 1 and self._sole_asset[asset_id]:
+                counts["seq_gaps"] += 1
+                counts["seqs_missing"] += seq - window.highest - 1
+            elif seq < window.highest:
+                counts["seqs_reordered"] += 1
+            window.add(seq, self.settings.dedup_window)
+            rows.append(i)
+            assets.append(a)
+            signals[a] = state.signals
+        accepted = frames if len(rows) == len(frames) else frames.take(np.array(rows))
+        now_us = to_micros(now)
+        window_us = Window(now_us + self._future_us, now_us - self._max_age_us, self._order_us)
+        checked = check_readings(
+            self._table, accepted, np.array(assets, dtype=np.int64), signals, window_us
         )
+        counts["frames_valid"] += len(rows)
+        counts["readings"] += accepted.readings
+        counts["readings_flagged"] += int(np.count_nonzero(checked.flags))
+        for name, count in flag_counts(checked.flags).items():
+            self._flag_counts[name] += count
+        out = Frames(
+            asset_id=accepted.asset_id,
+            source_id=accepted.source_id,
+            seq=accepted.seq,
+            ingest_us=accepted.ingest_us,
+            bounds=accepted.bounds,
+            signal=accepted.signal,
+            ts_us=accepted.ts_us,
+            value=accepted.value,
+            quality=checked.quality,
+            flags=checked.flags,
+            validated_us=np.full(len(rows), now_us, dtype=np.int64),
+        )
+        return ValidatedBatch(out, rows, letters)
 
     # -- internals ------------------------------------------------------------------------
 
-    def _check(
+    def _refuse(
         self,
-        readings: list[dict[str, Any]],
-        times: list[int],
-        limits: dict[str, SignalLimits],
-        signals: dict[str, SignalState],
+        header: dict[str, Any],
+        readings: int,
+        origin: Origin,
         now: datetime,
-    ) -> list[dict[str, Any]]:
-        now_us = to_micros(now)
-        future_us = now_us + self._future_us
-        oldest_us = now_us - self._max_age_us
-        order_us = self._order_us
-        flag_counts = self._flag_counts
-        flagged = 0
-        out: list[dict[str, Any]] = []
-        for reading, t in zip(readings, times, strict=True):
-            name = reading["signal"]
-            value = reading["value"]
-            device = reading["quality"]
-            flags: list[str] = []
-            bad = suspect = False
-            if device == "BAD":
-                flags.append("DEVICE_BAD")
-            elif device == "UNCERTAIN":
-                flags.append("DEVICE_UNCERTAIN")
-            timely = True
-            if t > future_us:
-                flags.append("FUTURE_TIMESTAMP")
-                bad, timely = True, False
-            elif t < oldest_us:
-                flags.append("TOO_OLD")
-                bad, timely = True, False
-            limit = limits.get(name)
-            if limit is None:
-                flags.append("UNKNOWN_SIGNAL")
-                bad = True
-            elif value - value != 0.0:  # NaN and ±inf only
-                if device != "BAD":
-                    flags.append("NOT_FINITE")
-                    bad = True
-            elif device != "BAD":
-                if value < limit.physical_min or value > limit.physical_max:
-                    flags.append("OUT_OF_PHYSICAL_RANGE")
-                    bad = True
-                else:
-                    if value < limit.expected_min or value > limit.expected_max:
-                        flags.append("OUT_OF_EXPECTED_RANGE")
-                    if timely:
-                        suspect = _follow(name, t, value, limit, signals, order_us, flags)
-            if flags:
-                flagged += 1
-                for flag in flags:
-                    flag_counts[flag] += 1
-            if bad:
-                device = "BAD"
-            elif suspect and device == "GOOD":
-                device = "UNCERTAIN"
-            out.append(
-                {
-                    "signal": name,
-                    "ts": reading["ts"],
-                    "value": value,
-                    "quality": device,
-                    "flags": flags,
-                }
-            )
-        self._counts["readings"] += len(out)
-        self._counts["readings_flagged"] += flagged
-        return out
+        payload: bytes | None,
+        key: bytes | None,
+    ) -> dict[str, Any]:
+        """The dead letter of a well-formed frame that cannot be validated: no readings, an
+        unknown asset, or a (source_id, seq) already seen, checked in that order."""
+        asset_id, source_id, seq = header["asset_id"], header["source_id"], header["seq"]
+        if not readings:
+            code, problem = "invalid_frame", f"{describe(header)}: no readings"
+        elif asset_id not in self._table.asset_index:
+            code, problem = "unknown_asset", f"unknown asset {asset_id!r} (site {self.site.name})"
+        else:
+            code = "duplicate"
+            problem = f"frame seq {seq} of source {source_id} for asset {asset_id} already seen"
+        return self._reject(header, origin, now, payload, key, code, problem)
 
     def _reject(
         self,
-        frame: Any,
+        header: dict[str, Any],
         origin: Origin,
         now: datetime,
         payload: bytes | None,
         key: bytes | None,
         code: str,
         problem: str,
-    ) -> Validated:
+    ) -> dict[str, Any]:
         self._dead_counts[code] += 1
-        header = frame if isinstance(frame, dict) else {}
         asset_id = header.get("asset_id")
         source_id = header.get("source_id")
         seq = header.get("seq")
-        return Validated(
-            None,
-            dead_letter(
-                STAGE,
-                code,
-                f"{problem} (at {origin.topic}[{origin.partition}]@{origin.offset})",
-                origin,
-                now,
-                payload if payload is not None else b"",
-                key,
-                asset_id if isinstance(asset_id, str) else None,
-                source_id if isinstance(source_id, str) else None,
-                seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
-            ),
+        return dead_letter(
+            STAGE,
+            code,
+            f"{problem} (at {origin.topic}[{origin.partition}]@{origin.offset})",
+            origin,
+            now,
+            payload if payload is not None else b"",
+            key,
+            asset_id if isinstance(asset_id, str) else None,
+            source_id if isinstance(source_id, str) else None,
+            seq if isinstance(seq, int) and not isinstance(seq, bool) else None,
         )
-
-
-def _follow(
-    name: str,
-    t: int,
-    value: float,
-    limit: SignalLimits,
-    signals: dict[str, SignalState],
-    order_us: int,
-    flags: list[str],
-) -> bool:
-    """Rate, stale and order checks against the signal's state, which the reading then
-    updates; True when the reading is suspect (rate of change or stale)."""
-    state = signals.get(name)
-    if state is None:
-        signals[name] = SignalState(t, value, t)
-        return False
-    dt = t - state.ts
-    if dt <= 0:
-        # Same instant (a held sample sent again) or slightly earlier: nothing to compare.
-        if dt < -order_us:
-            flags.append("OUT_OF_ORDER")
-        return False
-    suspect = False
-    change = value - state.value
-    if limit.kind == GAUGE:
-        if abs(change) > limit.rate_per_us * dt + limit.noise_allowance:
-            flags.append("RATE_OF_CHANGE")
-            suspect = True
-    elif limit.kind == COUNTER and (
-        change < 0 or change > limit.rate_per_us * max(dt, limit.period_us)
-    ):
-        flags.append("RATE_OF_CHANGE")
-        suspect = True
-    if limit.stale_us:
-        if change != 0.0 or value == limit.physical_min or value == limit.physical_max:
-            state.since = t
-        elif t - state.since >= limit.stale_us:
-            flags.append("STALE")
-            suspect = True
-    state.ts = t
-    state.value = value
-    return suspect
