@@ -36,6 +36,7 @@ import faust
 from pipeline.serde import AvroSerde
 from pipeline.settings import Settings
 from pipeline.site import Site
+from topologies.fetch import use_short_fetch_wait
 from topologies.metrics import StageMetrics, update_consumer_lag
 from topologies.output import OutputSender
 from topologies.processor import BatchResult, FrameProcessor, Output, RawMessage
@@ -46,7 +47,9 @@ log = logging.getLogger(__name__)
 APP_ID = "twinline"
 STATE_TABLE = "state"
 BATCH_MAX = 2000
-BATCH_WITHIN_S = 0.1
+#: A batch closes when full or after this long: short against the latency budget, and at
+#: high load the buffer fills long before.
+BATCH_WITHIN_S = 0.02
 STATE_EVERY_EVENTS = 5000
 STATE_MAX_AGE_S = 1.0
 TICK_S = 1.0
@@ -62,6 +65,7 @@ def app_id(site: Site) -> str:
 
 
 def build_app(settings: Settings, site: Site, web_port: int | None = None) -> faust.App:
+    use_short_fetch_wait()
     app = faust.App(
         app_id(site),
         broker=[f"kafka://{host}" for host in settings.kafka_bootstrap.split(",")],
