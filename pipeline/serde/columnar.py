@@ -53,7 +53,7 @@ from pipeline.serde.varint import (
     zigzag,
 )
 from pipeline.stages.common import to_micros
-from pipeline.stages.frames import FLAGS, QUALITIES, Frames, Ints, States, flag_names
+from pipeline.stages.frames import FLAGS, QUALITIES, Frames, Ints, States, concat_frames, flag_names
 
 log = logging.getLogger(__name__)
 
@@ -278,31 +278,12 @@ def _no_datetime(micros: Ints) -> npt.NDArray[np.bool_]:
 
 def _merge(parts: list[tuple[list[int], Frames]], errors: dict[int, str]) -> DecodedFrames:
     rows = [row for part_rows, _ in parts for row in part_rows]
-    frames = parts[0][1] if len(parts) == 1 else _concat([frames for _, frames in parts])
+    frames = concat_frames([frames for _, frames in parts])
     if rows != sorted(rows):
         order = np.argsort(np.array(rows, dtype=np.int64), kind="stable")
         frames = frames.take(order)
         rows = [rows[k] for k in order.tolist()]
     return DecodedFrames(frames, rows, errors)
-
-
-def _concat(parts: list[Frames]) -> Frames:
-    bounds = [np.zeros(1, dtype=np.int64)]
-    offset = 0
-    for part in parts:
-        bounds.append(part.bounds[1:] + offset)
-        offset += part.readings
-    return Frames(
-        asset_id=[a for part in parts for a in part.asset_id],
-        source_id=[s for part in parts for s in part.source_id],
-        seq=np.concatenate([part.seq for part in parts]),
-        ingest_us=np.concatenate([part.ingest_us for part in parts]),
-        bounds=np.concatenate(bounds),
-        signal=np.concatenate([part.signal for part in parts]),
-        ts_us=np.concatenate([part.ts_us for part in parts]),
-        value=np.concatenate([part.value for part in parts]),
-        quality=np.concatenate([part.quality for part in parts]),
-    )
 
 
 def encode_validated(serde: AvroSerde, frames: Frames, topic: str | None = None) -> list[bytes]:
