@@ -43,7 +43,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     # The plant simulator's noise-free values, as telemetry frames (source_id "sim-truth"), so
     # estimates and detections can be measured against the truth.
     TopicSpec("sim.truth", "telemetry_frame", "simulator ground truth", retention_ms=DAY_MS),
-    # State of the stream agents (a changelog-backed table): compacted, never expired, so a
+    # State of the stream agents (topologies/state_store.py): compacted, never expired, so a
     # restarted or rebalanced worker restores the latest state of every key.
     TopicSpec(
         "twinline-state-changelog",

@@ -1,22 +1,22 @@
 """The stream agents as a Faust app: telemetry.raw -> stages -> output topics.
 
 Thin on purpose: the work is `FrameProcessor` (pure); this module only moves batches of
-messages in, outputs out, and keeps each asset's stage state in a changelog-backed table.
+messages in, outputs out, and keeps each asset's stage state in a compacted state topic.
 
 - Batches come from `stream.take_events` (Faust's per-event overhead is the bottleneck, and a
   message is a whole frame of readings).
-- One table, `state`, holds every stage's snapshot of an asset as one msgpack value
-  (`topologies/state.py`), with `use_partitioner=True` and raw `asset_id` keys, so a write
-  lands in the same partition number as the asset's telemetry (murmur2, as every producer
-  here uses). Its changelog is the compacted `<app id>-state-changelog` topic that
-  `twin topics create` makes.
+- One message per asset holds every stage's snapshot of it as one msgpack value
+  (`topologies/state.py`), keyed by `asset_id` in the compacted `<app id>-state-changelog`
+  topic that `twin topics create` makes, in the same partition number as the asset's
+  telemetry (murmur2, as every producer here uses). After each assignment the worker reads
+  its partitions back (`topologies/state_store.py`) before it processes a frame.
 - State is written once per several batches (`PendingState`): when `STATE_EVERY_EVENTS`
   frames wait for it or `STATE_MAX_AGE_S` has passed, each asset those frames touched is
   written once, however many of its frames they hold. A busy worker thus writes an asset's
-  state once per several of its frames, not once per frame.
-- Outputs and the table's changelog messages go out through confluent-kafka
-  (`topologies/output.py`), not Faust's producer; the table's store is updated in place for
-  this worker's own reads.
+  state once per several of its frames, not once per frame. The write goes in short steps
+  between batches (`topologies/state_writer.py`), so frames do not wait for all of it.
+- Outputs and state messages go out through confluent-kafka (`topologies/output.py`), not
+  Faust's producer.
 - At-least-once: a batch's outputs are confirmed by the broker before the stage state that
   follows from them is written, and its events are acknowledged (their offsets may be
   committed) only after that state is written. A stop in between redelivers them: the
@@ -27,6 +27,7 @@ messages in, outputs out, and keeps each asset's stage state in a changelog-back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -41,17 +42,22 @@ from topologies.metrics import StageMetrics, update_consumer_lag
 from topologies.output import OutputSender
 from topologies.processor import BatchResult, FrameProcessor, Output, RawMessage
 from topologies.state import PendingState, decode_state, encode_state
+from topologies.state_store import StateStore
+from topologies.state_writer import StateWriter
 
 log = logging.getLogger(__name__)
 
 APP_ID = "twinline"
-STATE_TABLE = "state"
+#: The state topic is `<app id>-<suffix>` (pipeline/topics.py: twinline-state-changelog).
+STATE_TOPIC_SUFFIX = "state-changelog"
 BATCH_MAX = 2000
 #: A batch closes when full or after this long: short against the latency budget, and at
 #: high load the buffer fills long before.
 BATCH_WITHIN_S = 0.02
 STATE_EVERY_EVENTS = 5000
 STATE_MAX_AGE_S = 1.0
+#: A state write holds the processing lock for this long at a time (see state_writer.py).
+STATE_STEP_S = 0.005
 TICK_S = 1.0
 #: The embedded broker holds a first JoinGroup for half the session timeout (measured: 30 s
 #: with Faust's default of 60 s, 3 s with 6 s); 10 s keeps start-up near 5 s while leaving a
@@ -86,19 +92,14 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
     raw_topic = app.topic(
         site.topic("telemetry.raw"), key_type=bytes, value_type=bytes, value_serializer="raw"
     )
-    table = app.Table(
-        STATE_TABLE,
-        default=None,
-        key_type=bytes,
-        value_type=bytes,  # Faust then keeps and sends the values raw: the bytes we encode
-        partitions=site.kafka.partitions,
-        use_partitioner=True,
-        help="every stage's state per asset",
-    )
+    state_topic = f"{app_id(site)}-{STATE_TOPIC_SUFFIX}"
+    store = StateStore(settings, state_topic)
+    # Set once the assigned partitions' state is read back; frames wait for it.
+    state_loaded = asyncio.Event()
 
     def load_state(asset_id: str) -> dict[str, dict[str, Any]] | None:
-        value = table.get(asset_id.encode())
-        return decode_state(value, asset_id) if isinstance(value, bytes) else None
+        value = store.take(asset_id.encode())
+        return decode_state(value, asset_id) if value is not None else None
 
     processor = FrameProcessor(site, AvroSerde.from_settings(settings), load_state)
     outputs = OutputSender(settings)
@@ -116,24 +117,18 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
         # duplicate, and its outputs are lost.
         await outputs.send(result.outputs)
 
-    async def write_state() -> None:
-        """Write the pending assets' state, wait for the broker to confirm it, then release
-        their held events (from here on their offsets may be committed)."""
-        assets, events = pending.take()
-        changelog = table.changelog_topic.get_topic_name()
-        writes = []
-        for asset_id in assets:
-            states = processor.snapshot_asset(asset_id)
-            if states is not None:
-                key, value = asset_id.encode(), encode_state(states)
-                # The table's store serves this worker's own reads (`load_state`); the
-                # changelog message goes out with the outputs' producer, which costs far
-                # less than Faust's (the state is most of what the worker writes).
-                table.data[key] = value
-                writes.append(Output(changelog, key, value))
-        await outputs.send(writes)
-        for event in events:
-            event.ack()
+    def snapshot(asset_id: str) -> Output | None:
+        states = processor.snapshot_asset(asset_id)
+        if states is None:
+            return None
+        # Written with the outputs' producer, which costs far less than Faust's (the state
+        # is most of what the worker writes). No copy is kept: the store is read only for
+        # assets the processor does not hold, i.e. after an assignment, and it is read
+        # back from the topic then, these writes included.
+        return Output(state_topic, asset_id.encode(), encode_state(states))
+
+    writer = StateWriter(pending, snapshot, outputs.send, busy, STATE_STEP_S)
+    state_due = asyncio.Event()
 
     @app.agent(raw_topic, name="frames")
     async def frames(stream: Any) -> None:
@@ -142,6 +137,7 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                 RawMessage(e.message.topic, e.message.partition, e.message.offset, e.key, e.value)
                 for e in events
             ]
+            await state_loaded.wait()
             async with busy:
                 started = time.perf_counter()
                 try:
@@ -154,15 +150,16 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                         last.topic, last.partition, last.offset,
                     )  # fmt: skip
                     raise
-                stage_metrics.observe(processor, result, time.perf_counter() - started, len(batch))
+                writer.last_batch_s = time.perf_counter() - started
+                stage_metrics.observe(processor, result, writer.last_batch_s, len(batch))
                 await publish(result)
                 # take_events acknowledges the batch when this iteration ends; one more
-                # reference holds each event back until write_state has written its state.
+                # reference holds each event back until the writer has written its state.
                 for event in events:
                     event.message.incref()
                 pending.add(result.touched, events)
                 if pending.due():
-                    await write_state()
+                    state_due.set()
             log.debug(
                 "batch: %d messages, %d frames, %d readings, %d dead letters",
                 len(batch),
@@ -173,24 +170,35 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def forget_revoked(sender: Any, *args: Any, **kwargs: Any) -> None:
-        # Another worker may own these assets now: reload from the table when they return.
+        # Another worker may own these assets now: read their state back when they return.
         # (Faust has waited for every held event to be acknowledged before this signal;
         # anything still pending, e.g. from a tick, is written first.)
+        state_loaded.clear()
         async with busy:
-            await write_state()
+            await writer.write_all()
             processor.reset()
+            store.clear()
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def load_assigned(sender: Any, assigned: set[Any], **kwargs: Any) -> None:
+        raw = raw_topic.get_topic_name()
+        partitions = {tp.partition for tp in assigned if tp.topic == raw}
+        state_loaded.clear()
+        async with busy:
+            await asyncio.get_running_loop().run_in_executor(None, store.load, partitions)
+        state_loaded.set()
 
     @app.task
     async def write_state_when_due() -> None:
         # A plain loop, not an app timer: timers end as soon as the worker begins to stop,
         # while Faust then waits for the held events to be acknowledged (`wait_empty`). This
         # loop runs until the app's tasks are cancelled, after that wait, and writes
-        # everything pending at once when stopping.
+        # everything pending when stopping.
         while True:
-            await asyncio.sleep(STATE_MAX_AGE_S / 4)
-            if pending.due() or (app.should_stop and (pending.events or pending.assets)):
-                async with busy:
-                    await write_state()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(state_due.wait(), STATE_MAX_AGE_S / 4)
+            state_due.clear()
+            await writer.write_due(stopping=app.should_stop)
 
     @app.timer(TICK_S)
     async def tick() -> None:

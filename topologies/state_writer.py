@@ -1,0 +1,110 @@
+"""Writing the worker's state table in short steps between batches.
+
+A state write snapshots every asset whose state changed (`topologies/state.py`
+`PendingState`), and a snapshot costs tens of microseconds per asset: at 1,000 assets, a
+write done in one go holds the worker up for tens of milliseconds, and every frame that
+arrives meanwhile waits. `StateWriter.write_due` therefore takes the pending assets and
+snapshots them in steps, each holding the processing lock for at most `step_s` (or as long
+as the last batch took, when batches are long: a busy worker then spends about as much time
+writing as processing, and the write keeps up). Batches run in between.
+
+A step takes each snapshot under the lock, so it holds only changes whose outputs the broker
+has already confirmed (the agent holds the lock from processing a batch until its outputs
+are confirmed); a snapshot taken after a later batch includes that batch too, which is as
+safe: the frames it holds are recognised as duplicates when redelivered. The events held
+for the write are acknowledged only once every step's state messages are confirmed.
+
+`write_all` writes everything, queued or pending, in one go: for a rebalance and for a stop,
+when the caller already holds the lock and the state must be out before it goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from topologies.processor import Output
+from topologies.state import PendingState
+
+Snapshot = Callable[[str], Output | None]
+Send = Callable[[Sequence[Output]], Awaitable[None]]
+
+
+class StateWriter:
+    """Snapshots pending assets in short steps under `busy`, then releases their events."""
+
+    def __init__(
+        self,
+        pending: PendingState,
+        snapshot: Snapshot,
+        send: Send,
+        busy: asyncio.Lock,
+        step_s: float,
+    ) -> None:
+        self.pending = pending
+        self.snapshot = snapshot
+        self.send = send
+        self.busy = busy
+        self.step_s = step_s
+        self.last_batch_s = 0.0
+        """How long the last batch took (set by the agent): a step may take as long."""
+        self.steps = 0
+        self._queue: deque[str] = deque()
+        self._events: list[Any] = []
+        self._sends: list[asyncio.Future[None]] = []
+
+    async def write_due(self, stopping: bool = False) -> bool:
+        """If a write is due (or anything is pending while `stopping`): write it in steps
+        and release its events. Returns whether it wrote."""
+        pending = self.pending
+        if not (pending.due() or (stopping and (pending.events or pending.assets))):
+            return False
+        async with self.busy:
+            self._take()
+        while self._queue:
+            async with self.busy:
+                self._step(max(self.step_s, self.last_batch_s))
+            # An uncontended lock is taken without a pause: let a batch that has become
+            # ready take it first.
+            await asyncio.sleep(0)
+        await self._finish()
+        return True
+
+    async def write_all(self) -> None:
+        """Write everything queued or pending and release its events; the caller holds
+        `busy`."""
+        self._take()
+        self._step(None)
+        await self._finish()
+
+    def _take(self) -> None:
+        assets, events = self.pending.take()
+        self._queue.extend(assets)
+        self._events.extend(events)
+
+    def _step(self, budget_s: float | None) -> None:
+        """Snapshot queued assets for up to `budget_s` (None: all of them) and start
+        sending their changelog messages."""
+        started = time.perf_counter()
+        writes = []
+        queue = self._queue
+        while queue:
+            output = self.snapshot(queue.popleft())
+            if output is not None:
+                writes.append(output)
+            if budget_s is not None and time.perf_counter() - started >= budget_s:
+                break
+        self.steps += 1
+        if writes:
+            self._sends.append(asyncio.ensure_future(self.send(writes)))
+
+    async def _finish(self) -> None:
+        events, sends = self._events, self._sends
+        self._events, self._sends = [], []
+        if sends:
+            await asyncio.gather(*sends)
+        for event in events:
+            event.ack()
