@@ -8,7 +8,7 @@ UPDATED times, and a fixed number of recent KPI windows.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -124,6 +124,11 @@ class AlertState:
         self.reported, self.detail = None, ""
 
 
+_ALERT_FIELDS = tuple(f.name for f in fields(AlertState))
+"""An `AlertState`'s snapshot keys, in field order: the dict `dataclasses.asdict` gives, read
+directly at a tenth of its cost (the fields are immutable scalars: nothing to deep-copy)."""
+
+
 @dataclass(slots=True)
 class KpiEntry:
     """The latest version of one closed tumbling window's KPIs."""
@@ -171,7 +176,10 @@ class AssetAlerts:
     def snapshot(self) -> dict[str, Any]:
         return {
             "format": SNAPSHOT_FORMAT,
-            "alerts": {rule_id: asdict(a) for rule_id, a in self.alerts.items()},
+            "alerts": {
+                rule_id: {name: getattr(a, name) for name in _ALERT_FIELDS}
+                for rule_id, a in self.alerts.items()
+            },
             "fresh": {s: list(v) for s, v in self.fresh.items()},
             "clock": self.clock_us,
             "clock_arrival": self.clock_arrival_us,

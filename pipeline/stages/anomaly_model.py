@@ -18,8 +18,10 @@ The first records are averaged evenly (rate 1/n) until the exponential rate take
 from __future__ import annotations
 
 import base64
+import binascii
 import math
 from collections.abc import Hashable
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -218,10 +220,9 @@ class HotellingT2(RiverAnomalyDetector):
         """The model's arrays as base64 of their little-endian float64 bytes: exact, and a
         string per array is far cheaper to encode and store than JSON lists of 2·d² floats.
         The covariance is symmetric by construction, so only its upper triangle is kept."""
-        upper = np.triu_indices(len(self.features))
         return {
             "mean": pack_floats(self.mean),
-            "cov_upper": pack_floats(self.cov[upper]),
+            "cov_upper": pack_floats(self.cov.ravel()[upper_triangle(len(self.features)).flat]),
             "counts": pack_floats(self.counts),
             "precision": pack_floats(self.precision),
             "learned": self.learned,
@@ -232,10 +233,10 @@ class HotellingT2(RiverAnomalyDetector):
         mean = unpack_floats(state["mean"], (d,))
         counts = unpack_floats(state["counts"], (d,))
         precision = unpack_floats(state["precision"], (d, d))
-        upper = np.triu_indices(d)
+        upper = upper_triangle(d)
         cov = np.zeros((d, d))
-        cov[upper] = unpack_floats(state["cov_upper"], (len(upper[0]),))
-        cov.T[upper] = cov[upper]
+        cov[upper.rows, upper.cols] = unpack_floats(state["cov_upper"], (upper.flat.size,))
+        cov.T[upper.rows, upper.cols] = cov[upper.rows, upper.cols]
         self.mean, self.cov, self.counts, self.precision = mean, cov, counts, precision
         self.learned = int(state["learned"])
 
@@ -243,9 +244,33 @@ class HotellingT2(RiverAnomalyDetector):
 _FLOAT64_LE = np.dtype("<f8")
 
 
+class UpperTriangle:
+    """The upper triangle (diagonal included) of a d × d matrix, in `np.triu_indices` order:
+    as row and column indices, and as indices into the row-major flattened matrix."""
+
+    __slots__ = ("cols", "flat", "rows")
+
+    def __init__(self, d: int) -> None:
+        rows, cols = np.triu_indices(d)
+        self.rows: npt.NDArray[np.intp] = rows
+        self.cols: npt.NDArray[np.intp] = cols
+        self.flat: npt.NDArray[np.intp] = rows * d + cols
+        for index in (rows, cols, self.flat):
+            index.flags.writeable = False  # shared by every model of that dimension
+
+
+@lru_cache(maxsize=64)
+def upper_triangle(d: int) -> UpperTriangle:
+    """The (shared, read-only) upper triangle indices of dimension `d`: `np.triu_indices`
+    costs more than the rest of a snapshot, and a site has few distinct dimensions."""
+    return UpperTriangle(d)
+
+
 def pack_floats(values: Floats) -> str:
     """`values` as base64 of their little-endian float64 bytes (exact, NaN and inf included)."""
-    return base64.b64encode(np.ascontiguousarray(values, dtype=_FLOAT64_LE).tobytes()).decode()
+    data = np.ascontiguousarray(values, dtype=_FLOAT64_LE).tobytes()
+    # What base64.b64encode does, without its Python-level wrapper (a snapshot packs 4 arrays).
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def unpack_floats(text: str, shape: tuple[int, ...]) -> Floats:
