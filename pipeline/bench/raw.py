@@ -4,7 +4,11 @@ A plain confluent-kafka consumer, assigned every partition of telemetry.raw from
 offset (no group, so no JoinGroup), fetching in large batches (`consume(num_messages=...)`);
 every message body is decoded with fastavro's schemaless reader after the 5-byte Confluent
 header, logical types included (readings get their datetimes, as the pipeline needs them).
-The clock runs from the first message received to the last one decoded.
+The clock runs from the start of the `consume` call that returned the first messages to the
+last message decoded. Each call waits at most `POLL_S`: `consume(n, timeout)` returns only
+when it has n messages or the timeout has passed, so a long timeout either kept the whole
+fetch out of the clock (a topic of fewer than `BATCH` messages came in one call, before the
+clock started) or added the wait for a last, partial batch to it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pipeline.serde import SchemaCatalog
 from pipeline.settings import Settings
 
 BATCH = 10_000
+POLL_S = 0.05
 IDLE_TIMEOUT_S = 30.0
 
 
@@ -67,15 +72,20 @@ def measure_raw(settings: Settings, topic: str, frames: int) -> RawFigures:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         seen = readings = 0
         first: float | None = None
+        idle_since = time.monotonic()
         while seen < frames:
-            messages = consumer.consume(BATCH, timeout=IDLE_TIMEOUT_S)
+            asked = time.perf_counter()
+            messages = consumer.consume(BATCH, timeout=POLL_S)
             if not messages:
-                raise TwinError(
-                    f"raw consume: {seen} of {frames} frames of {topic} after "
-                    f"{IDLE_TIMEOUT_S:.0f}s without a message"
-                )
+                if time.monotonic() - idle_since > IDLE_TIMEOUT_S:
+                    raise TwinError(
+                        f"raw consume: {seen} of {frames} frames of {topic} after "
+                        f"{IDLE_TIMEOUT_S:.0f}s without a message"
+                    )
+                continue
+            idle_since = time.monotonic()
             if first is None:
-                first = time.perf_counter()
+                first = asked
             for message in messages:
                 if message.error() is not None:
                     continue
