@@ -11,9 +11,10 @@ the same arrays, bit for bit.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import random
-from dataclasses import asdict
+from dataclasses import asdict, astuple, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -28,7 +29,7 @@ from pipeline.settings import DEFAULT_SITE
 from pipeline.site import load_site
 from pipeline.stages.alerts_state import AlertState, AssetAlerts, KpiEntry
 from pipeline.stages.anomaly_model import HotellingT2, unpack_floats
-from pipeline.stages.kpi_aggregate import Pane
+from pipeline.stages.kpi_aggregate import KpiResult, Pane, SignalStats
 from pipeline.stages.kpi_state import SNAPSHOT_FORMAT as KPI_FORMAT
 from pipeline.stages.kpi_state import AssetWindows, EmittedWindow, _pack
 from pipeline.stages.kpi_windows import SourceClock
@@ -345,3 +346,43 @@ def what_state_holds(processor: FrameProcessor, asset_id: str) -> set[str]:
         "precision": bool(processor.anomaly._models[asset_id].model.precision.any()),
     }
     return {name for name, there in held.items() if there}
+
+
+# --- KPI result fingerprints --------------------------------------------------------------
+
+
+def _reference_fingerprint(result: KpiResult) -> str:
+    """The earlier fingerprint: of the text of dataclasses.astuple."""
+    return hashlib.blake2b(repr(astuple(result)).encode(), digest_size=8).hexdigest()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_kpi_fingerprint_is_the_one_astuple_gave(seed: int) -> None:
+    rng = random.Random(seed)
+
+    def maybe(value: float) -> float | None:
+        return None if rng.random() < 0.3 else value
+
+    odd = [0.0, -0.0, math.inf, -math.inf, math.nan, 5e-324, 1e308, 0.1 + 0.2]
+    signals = tuple(
+        SignalStats(
+            f"s{i}",
+            rng.randrange(0, 10_000),
+            rng.choice(odd),
+            rng.uniform(-1e6, 1e6),
+            rng.gauss(0, 1),
+            rng.choice([*odd, rng.random()]),
+        )
+        for i in range(rng.randrange(0, 20))
+    )
+    result = KpiResult(
+        availability=maybe(rng.random()), performance=maybe(rng.random()),
+        quality=maybe(rng.random()), oee=maybe(rng.choice(odd)), run_s=rng.uniform(0, 60),
+        idle_s=rng.uniform(0, 60), down_s=rng.choice(odd), parts_total=rng.randrange(0, 99),
+        parts_good=rng.randrange(0, 99), failures=rng.randrange(0, 3),
+        mtbf_s=maybe(rng.uniform(0, 1e4)), mttr_s=maybe(rng.uniform(0, 1e4)), signals=signals,
+    )  # fmt: skip
+    assert result.fingerprint() == _reference_fingerprint(result)
+    # ... and it still tells results apart.
+    changed = replace(result, parts_good=result.parts_good + 1)
+    assert changed.fingerprint() != result.fingerprint()
