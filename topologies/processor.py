@@ -13,7 +13,7 @@ stale alerts of assets that stopped sending.
 
 The Faust topology (`topologies/agents.py`) hands each batch of `telemetry.raw` messages to
 `FrameProcessor.process`, sends the returned outputs, and persists `snapshot_asset(asset)` of
-every asset the batches touched into its changelog-backed table (one record per asset with
+every asset the batches touched into its compacted state topic (one record per asset with
 every stage's snapshot). State of an asset not seen yet by this process is loaded lazily
 through `load_state` (all stages of one asset at once), so a restarted or rebalanced worker
 resumes where the previous owner stopped.

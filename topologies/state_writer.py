@@ -1,4 +1,4 @@
-"""Writing the worker's state table in short steps between batches.
+"""Writing the worker's state in short steps between batches.
 
 A state write snapshots every asset whose state changed (`topologies/state.py`
 `PendingState`), and a snapshot costs tens of microseconds per asset: at 1,000 assets, a

@@ -1,7 +1,7 @@
 """Small pieces shared by the stream stages: where a record came from, and time conversions.
 
-Stage state must be JSON-able (it is snapshotted into changelog-backed tables), so timestamps
-in snapshots are integer microseconds since the Unix epoch, UTC.
+Stage state must be JSON-able (it is snapshotted into the worker's compacted state topic), so
+timestamps in snapshots are integer microseconds since the Unix epoch, UTC.
 """
 
 from __future__ import annotations
