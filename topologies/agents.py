@@ -132,12 +132,21 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
 
     @app.agent(raw_topic, name="frames")
     async def frames(stream: Any) -> None:
-        async for events in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+        async for taken in stream.take_events(BATCH_MAX, within=BATCH_WITHIN_S):
+            await state_loaded.wait()
+            # A batch taken before a rebalance may hold frames of partitions given up since:
+            # their state is not loaded here, and their new owner reads them again.
+            assigned = app.consumer.assignment()
+            events = [e for e in taken if e.message.tp in assigned]
+            if len(events) < len(taken):
+                log.info("frames: %d frames of partitions given up left to their new owner",
+                         len(taken) - len(events))  # fmt: skip
+            if not events:
+                continue
             batch = [
                 RawMessage(e.message.topic, e.message.partition, e.message.offset, e.key, e.value)
                 for e in events
             ]
-            await state_loaded.wait()
             async with busy:
                 started = time.perf_counter()
                 try:
