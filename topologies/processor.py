@@ -215,8 +215,6 @@ class FrameProcessor:
             except Exception as exc:
                 self._failed(message, exc, now, result)
         rows = np.array(keep, dtype=np.int64)
-        if not parts:
-            return self.estimator.estimate_frames(valid.take(rows)), valid.take(rows), []
         return concat_states(parts), valid.take(rows), [sources[i] for i in keep]
 
     def _finish_frame(

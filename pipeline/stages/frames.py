@@ -277,11 +277,11 @@ class States:
 
 
 def concat_states(parts: list[States]) -> States:
-    """One `States` of several, in order."""
+    """One `States` of several, in order (none: an empty one)."""
     if len(parts) == 1:
         return parts[0]
     sizes = [int(p.bounds[-1]) for p in parts]
-    offsets = np.cumsum([0, *sizes[:-1]])
+    offsets = np.cumsum([0, *sizes])[:-1]
     bounds = np.concatenate(
         [np.zeros(1, np.int64)] + [p.bounds[1:] + o for p, o in zip(parts, offsets, strict=True)]
     )

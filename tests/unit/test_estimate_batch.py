@@ -19,7 +19,7 @@ import pytest
 from pipeline.settings import DEFAULT_SITE
 from pipeline.site import SignalKind, Site, load_site
 from pipeline.stages.estimate import EstimateError, EstimateSettings, Estimator
-from pipeline.stages.frames import FLAGS, Frames
+from pipeline.stages.frames import FLAGS, Frames, concat_states
 from tests.unit.reference_estimate import ReferenceEstimator
 from tests.unit.test_estimate import plant_frames
 
@@ -225,3 +225,22 @@ def test_restore_of_an_older_snapshot_layout_keeps_known_signals(site: Site) -> 
     fresh.restore("conv-01", old)
     fresh_reference.restore("conv-01", old)
     check_batch(plant.batch(20, ["conv-01"]), fresh, fresh_reference)
+
+
+def test_states_of_parts_concatenate_to_the_states_of_the_whole(site: Site) -> None:
+    plant = RandomPlant(site, 21)
+    frames = plant.batch(30, ["cnc-01", "pump-01", "pump-02"])
+    whole = Estimator(site).estimate_frames(Frames.from_records(frames))
+    estimator = Estimator(site)
+    parts = [
+        estimator.estimate_frames(Frames.from_records(frames[i : i + 7]))
+        for i in (0, 7, 14, 21, 28)
+    ]
+    joined = concat_states(parts)
+    assert len(joined) == len(whole) == 30
+    assert [joined.record(i) for i in range(30)] == [whole.record(i) for i in range(30)]
+    assert np.array_equal(joined.bounds, whole.bounds)
+    # No parts (every frame of a batch failed): an empty States, as for an empty batch.
+    empty = concat_states([])
+    assert len(empty) == 0
+    assert np.array_equal(empty.bounds, np.zeros(1, np.int64))
