@@ -16,7 +16,7 @@ import pytest
 from pipeline.site import MachineState, Site
 from pipeline.stages.common import to_micros
 from pipeline.stages.kpi import KpiWindows
-from pipeline.stages.kpi_aggregate import KpiAggregator
+from pipeline.stages.kpi_aggregate import KpiAggregator, signal_stats
 from tests.unit.test_kpi import (
     T0,
     at,
@@ -218,3 +218,21 @@ def test_the_aggregator_contract_gives_the_stage_result(site: Site) -> None:
     result = aggregator.result([pane], entry, T0_US, T0_US + 60_000_000)
     assert result.record(site.asset("cnc-01"), ("TUMBLING", T0_US, T0_US + 60_000_000), 1,
                          at(63)) == record  # fmt: skip
+
+
+def test_signal_stats_of_signals_grouped_by_count_equal_each_signal_alone() -> None:
+    rng = np.random.default_rng(5)
+    found: list[tuple[str, list[float]]] = []
+    for i, count in enumerate([600, 1, 600, 120, 2, 600, 120, 37, 1]):
+        values = rng.normal(50.0, 20.0, count).round(rng.integers(0, 4)).tolist()
+        found.append((f"s{i}", values))
+    stats = signal_stats(found)
+    assert [s.signal for s in stats] == [name for name, _ in found]
+    for (name, values), got in zip(found, stats, strict=True):
+        array = np.asarray(values, dtype=np.float64)
+        # exactly what a call per signal gives, not merely close
+        assert got.count == len(values)
+        assert got.min == float(array.min()) and got.max == float(array.max())
+        assert got.p95 == float(np.percentile(array, 95)), name
+        assert got.mean == math.fsum(values) / len(values)
+    assert signal_stats([]) == ()
