@@ -101,6 +101,10 @@ def write_text(report: dict[str, Any], out: TextIO) -> None:
             f"{report['alert_latency_p50_ms']} ms, p99 {report['alert_latency_p99_ms']} ms "
             f"({latency['alert_samples']} alerts)"
         )
+        lines.append(
+            f"             of which before processing (ingest to the worker's batch): p50 "
+            f"{latency['pickup_p50_ms']} ms, p99 {latency['pickup_p99_ms']} ms"
+        )
         if not latency["kept_up"]:
             lines.append(
                 f"  note: the pipeline fell behind the offered load: {latency['state_samples']:,} "

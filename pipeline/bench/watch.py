@@ -5,7 +5,8 @@ Counting messages is cheap and needs no decoding, so the watcher takes little CP
 pipeline it measures. It decodes only what the figures need: the first validated frame of
 each partition (its `validated_ts` is when the worker started on the batch, the start of the
 clock), every dead letter (to know how many readings cannot reach ClickHouse), and, while
-`latency_since` is set, every state record and alert (their ingest and event times).
+`latency_since` is set, every validated frame, state record and alert (their ingest, pickup
+and event times).
 The broker's high watermarks are not trusted (DESIGN.md): ends are reached by counting.
 """
 
@@ -45,6 +46,8 @@ class OutputCounts:
     """Earliest validated_ts seen (epoch seconds)."""
     last_state_received: float | None = None
     state_latency: list[Arrival] = field(default_factory=list)
+    pickup_latency: list[Arrival] = field(default_factory=list)
+    """Validated frames: `validated_ts` (the worker began their batch) after `ingest_ts`."""
     alert_latency: list[Arrival] = field(default_factory=list)
     dead_reasons: Counter[str] = field(default_factory=Counter)
 
@@ -80,14 +83,20 @@ class OutputWatcher:
         )
 
     def poll(self, budget_s: float) -> OutputCounts:
-        """Take what arrived, for about `budget_s` at most."""
+        """Take what arrived, for about `budget_s` at most.
+
+        A message's arrival is stamped when `poll` returns it (it returns as soon as one is
+        there), and whatever came with it is taken at once: `consume(n, timeout)` would
+        return only with n messages or at the timeout, adding up to that timeout to every
+        latency sample."""
         deadline = time.monotonic() + budget_s
         while True:
-            messages = self.consumer.consume(5000, timeout=max(0.0, deadline - time.monotonic()))
+            first = self.consumer.poll(max(0.0, deadline - time.monotonic()))
             received = time.time()
-            for message in messages:
-                if message.error() is None:
-                    self._take(message, received)
+            if first is not None:
+                for message in [first, *self.consumer.consume(5000, timeout=0)]:
+                    if message.error() is None:
+                        self._take(message, received)
             if time.monotonic() >= deadline:
                 return self.counts
 
@@ -103,13 +112,19 @@ class OutputWatcher:
                     counts.state_latency.append(Arrival(received, record["ingest_ts"].timestamp()))
         elif topic == self.topics["telemetry.valid"]:
             counts.valid += 1
-            if message.partition() not in self._first_seen:
+            first_of_partition = message.partition() not in self._first_seen
+            if first_of_partition or self.latency_since is not None:
                 self._first_seen.add(message.partition())
                 record = self._decode(message.value())
-                if record is not None:
-                    stamp = record["validated_ts"].timestamp()
+                if record is None:
+                    return
+                stamp = record["validated_ts"].timestamp()
+                if first_of_partition:
                     first = counts.first_validated
                     counts.first_validated = stamp if first is None else min(first, stamp)
+                ingest = record["ingest_ts"].timestamp()
+                if self.latency_since is not None and ingest >= self.latency_since:
+                    counts.pickup_latency.append(Arrival(stamp, ingest))
         elif topic == self.topics["telemetry.deadletter"]:
             letter = self._decode(message.value())
             if letter is None or letter.get("origin_topic") != self.raw_topic:
