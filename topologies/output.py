@@ -9,14 +9,17 @@ acks=all; idempotent; lz4).
 
 Delivery reports are served by a thread of our own that polls the producer; `send` awaits
 the report of every message it produced, so the caller knows the broker holds them all before
-it writes the state that follows from them (see `topologies/agents.py`).
+it writes the state that follows from them (see `topologies/agents.py`). The worker does not
+wait for that between batches: `InFlight` holds the sends it started, and a state write waits
+for those started before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from pipeline.errors import TwinError
@@ -99,3 +102,44 @@ class OutputSender:
         self._poller.join(timeout=POLL_S * 4)
         undelivered: int = self._producer.flush(timeout_s)
         return undelivered
+
+
+class InFlight:
+    """Output sends started and not yet confirmed, in the order they were started.
+
+    The worker starts a batch's sends and goes on with the next batch while the broker
+    confirms them; what must follow from those outputs (the state written after them) waits
+    for the `barrier` taken when it was decided. A failed send is raised by the next
+    `barrier` or `settle`, or by whoever awaits it in a barrier."""
+
+    def __init__(self) -> None:
+        self._sends: deque[asyncio.Future[None]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._sends)
+
+    def start(self, send: Awaitable[None]) -> None:
+        self._sends.append(asyncio.ensure_future(send))
+
+    def barrier(self) -> list[asyncio.Future[None]]:
+        """Every send started so far that is not yet confirmed."""
+        self._forget_confirmed()
+        return list(self._sends)
+
+    async def settle(self, at_most: int = 0) -> None:
+        """Wait until no more than `at_most` sends are unconfirmed; a send that fails
+        meanwhile is raised at once."""
+        self._forget_confirmed()
+        while len(self._sends) > at_most:
+            waiting = [send for send in self._sends if not send.done()]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            self._forget_confirmed()
+
+    def _forget_confirmed(self) -> None:
+        """Drop the confirmed sends at the front, or raise the first one that failed."""
+        for send in self._sends:
+            failure = send.exception() if send.done() else None  # (a cancelled send raises)
+            if failure is not None:
+                raise failure
+        while self._sends and self._sends[0].done():
+            self._sends.popleft()

@@ -8,11 +8,13 @@ snapshots them in steps, each holding the processing lock for at most `step_s` (
 as the last batch took, when batches are long: a busy worker then spends about as much time
 writing as processing, and the write keeps up). Batches run in between.
 
-A step takes each snapshot under the lock, so it holds only changes whose outputs the broker
-has already confirmed (the agent holds the lock from processing a batch until its outputs
-are confirmed); a snapshot taken after a later batch includes that batch too, which is as
-safe: the frames it holds are recognised as duplicates when redelivered. The events held
-for the write are acknowledged only once every step's state messages are confirmed.
+A step takes each snapshot under the lock (the agent holds it while a batch changes the
+processor's state) and sends it only once every output send started before the step is
+confirmed (`barrier`, see `topologies/output.py` `InFlight`): the state topic never runs
+ahead of the outputs that follow from the same frames. A snapshot taken after a later batch
+includes that batch too, which is as safe: the frames it holds are recognised as duplicates
+when redelivered. The events held for the write are acknowledged only once every step's
+state messages are confirmed.
 
 `write_all` writes everything, queued or pending, in one go: for a rebalance and for a stop,
 when the caller already holds the lock and the state must be out before it goes on.
@@ -31,6 +33,12 @@ from topologies.state import PendingState
 
 Snapshot = Callable[[str], Output | None]
 Send = Callable[[Sequence[Output]], Awaitable[None]]
+Barrier = Callable[[], "list[asyncio.Future[None]]"]
+"""The output sends started so far and not yet confirmed."""
+
+
+def _no_barrier() -> list[asyncio.Future[None]]:
+    return []
 
 
 class StateWriter:
@@ -43,12 +51,14 @@ class StateWriter:
         send: Send,
         busy: asyncio.Lock,
         step_s: float,
+        barrier: Barrier = _no_barrier,
     ) -> None:
         self.pending = pending
         self.snapshot = snapshot
         self.send = send
         self.busy = busy
         self.step_s = step_s
+        self.barrier = barrier
         self.last_batch_s = 0.0
         """How long the last batch took (set by the agent): a step may take as long."""
         self.steps = 0
@@ -99,7 +109,12 @@ class StateWriter:
                 break
         self.steps += 1
         if writes:
-            self._sends.append(asyncio.ensure_future(self.send(writes)))
+            self._sends.append(asyncio.ensure_future(self._send_after(self.barrier(), writes)))
+
+    async def _send_after(self, barrier: list[asyncio.Future[None]], writes: list[Output]) -> None:
+        if barrier:
+            await asyncio.gather(*barrier)
+        await self.send(writes)
 
     async def _finish(self) -> None:
         events, sends = self._events, self._sends

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from topologies.output import OutputError
+from topologies.output import InFlight, OutputError
 from topologies.processor import Output
 from topologies.state import PendingState
 from topologies.state_writer import StateWriter
@@ -178,3 +178,60 @@ def test_a_failed_send_releases_no_event() -> None:
         return events
 
     assert [e.acks for e in asyncio.run(scenario())] == [0]
+
+
+def test_state_is_sent_only_after_the_outputs_started_before_it_are_confirmed() -> None:
+    async def scenario() -> None:
+        outputs, state = Broker(confirm=False), Broker()
+        writer, pending, _ = make_writer(state, [])
+        in_flight = InFlight()
+        writer.barrier = in_flight.barrier
+        in_flight.start(outputs.send([Output("twin.state", b"a1", b"out 1")]))
+        in_flight.start(outputs.send([Output("twin.state", b"a1", b"out 2")]))
+        events = [Event()]
+        pending.add(["a1"], events)
+        write = asyncio.ensure_future(writer.write_due())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert len(outputs.waiting) == 2 and state.sent == []  # snapshot taken, held back
+        outputs.waiting[0].set_result(None)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert state.sent == [] and events[0].acks == 0  # the second output is not out yet
+        outputs.waiting[1].set_result(None)
+        assert await write is True
+        assert [o.key for o in state.sent] == [b"a1"] and events[0].acks == 1
+        assert len(in_flight) == 2
+        await in_flight.settle()
+        assert len(in_flight) == 0
+
+    asyncio.run(scenario())
+
+
+def test_in_flight_settles_down_to_a_limit_and_raises_a_failed_send() -> None:
+    async def failing() -> None:
+        raise OutputError("1 of 1 outputs not delivered: broker down")
+
+    async def scenario() -> None:
+        broker = Broker(confirm=False)
+        in_flight = InFlight()
+        for i in range(3):
+            in_flight.start(broker.send([Output("t", b"k", bytes([i]))]))
+        settled = asyncio.ensure_future(in_flight.settle(at_most=1))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not settled.done()
+        broker.waiting[1].set_result(None)  # a later send first: still two outstanding
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not settled.done()
+        broker.waiting[0].set_result(None)
+        await settled
+        assert len(in_flight) == 1
+        in_flight.start(failing())
+        with pytest.raises(OutputError, match="broker down"):
+            await in_flight.settle()
+        with pytest.raises(OutputError, match="broker down"):
+            in_flight.barrier()
+
+    asyncio.run(scenario())
