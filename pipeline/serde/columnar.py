@@ -15,8 +15,9 @@ frames that do not give back their body, and every message that is not the newes
 telemetry_frame version go through `AvroSerde.decode` one by one, which resolves older
 versions and names the reason a message cannot be read.
 
-Encoding: validated frames and state estimates are written with numpy for all readings at
-once (`pipeline.serde.varint`), byte-identical to `AvroSerde.encode` of each record.
+Encoding: telemetry frames (status codes as null), validated frames and state estimates are
+written with numpy for all readings at once (`pipeline.serde.varint`), byte-identical to
+`AvroSerde.encode` of each record.
 """
 
 from __future__ import annotations
@@ -309,6 +310,36 @@ def encode_validated(serde: AvroSerde, frames: Frames, topic: str | None = None)
         Longs(frames.seq),
         Longs(frames.ingest_us),
         Longs(frames.validated_us),
+    ]
+    return write_bodies(head, frames.bounds, items).split()
+
+
+def encode_frames(serde: AvroSerde, frames: Frames, topic: str | None = None) -> list[bytes]:
+    """Message values of telemetry frames, byte-identical to
+    `serde.encode("telemetry_frame", frames.record(i), topic=topic)` for every i of a batch
+    without validation columns.
+
+    `Frames` has no status column and `Frames.record` leaves `status_code` out, which the
+    writer fills with its default: every reading's status_code is written as null (readings
+    decoded into `Frames` lose theirs). `flags` and `validated_us` are not telemetry_frame
+    fields and are not written."""
+    if not len(frames):
+        return []
+    header = serde.header(FRAME_TYPE, topic)
+    head = [
+        Pieces(np.zeros(len(frames), dtype=np.int64), [header]),
+        strings(frames.asset_id),
+        strings(frames.source_id),
+        Longs(frames.seq),
+        Longs(frames.ingest_us),
+    ]
+    readings = frames.readings
+    items = [
+        strings(frames.signal),
+        Longs(frames.ts_us),
+        Doubles(frames.value),
+        _qualities(frames.quality, FRAME_TYPE),
+        OptionalLongs(np.zeros(readings, dtype=np.int64), np.zeros(readings, dtype=np.bool_)),
     ]
     return write_bodies(head, frames.bounds, items).split()
 
