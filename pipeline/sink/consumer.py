@@ -9,6 +9,11 @@ committed. Messages that cannot be decoded are counted, logged with topic, parti
 offset, and skipped (their offsets are committed with the next flush): bad data ends up on
 the dead-letter topic, which the sink stores, so re-reading it forever helps no one.
 
+The validated frames of a consume batch are decoded together, as columns
+(`pipeline.serde.validated`), and their rows built as one arrow table
+(`rows.readings_table`), the same rows as one by one; every other message, and every frame
+the columnar read cannot vouch for, is decoded and appended one by one.
+
 Partitions come from the consumer group `twinline-sink` (`subscribe`, several sink
 processes share the topics) or are all assigned to this one process (`assign`, offsets are
 still committed to the group). On the embedded broker a group join takes about half the
@@ -26,15 +31,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pipeline.errors import KafkaUnavailable, SerdeError, TwinError
 from pipeline.kafka.clients import consumer as kafka_consumer
 from pipeline.serde import AvroSerde
+from pipeline.serde.validated import ValidatedDecoder
 from pipeline.settings import Settings
 from pipeline.sink import metrics
-from pipeline.sink.rows import MAPPINGS
+from pipeline.sink.rows import MAPPINGS, readings_table
 from pipeline.sink.writer import ClickHouseSink, FlushResult, SinkBackpressure
 
 log = logging.getLogger(__name__)
@@ -135,6 +143,7 @@ class SinkProcess:
         self._active = clock()
         self._joined = options.mode == "assign"
         self._records: Counter[str] = Counter()
+        self._validated = ValidatedDecoder(serde)
         self.summary = SinkSummary(mode=options.mode)
 
     def stop(self) -> None:
@@ -149,11 +158,7 @@ class SinkProcess:
         try:
             while not self._stop.is_set() and not self._finished(started):
                 messages = self.consumer.consume(self.options.consume_batch, timeout=0.1)
-                now = self._clock()
-                for message in messages:
-                    self._take(message)
-                    if self.sink.due(now):  # keeps batches near max_rows
-                        self._flush_and_commit()
+                self._take_batch(messages, self._clock())
                 if messages:
                     self._active = self._clock()
                 if self.sink.due(self._clock()):
@@ -196,6 +201,59 @@ class SinkProcess:
         if idle is None or not self._joined or self.sink.holding:
             return False
         return now - self._active >= idle
+
+    def _take_batch(self, messages: list[Any], now: float) -> None:
+        """Take a consume batch in message order, flushing when due. The validated frames
+        among the messages are decoded together as columns and their rows added as runs of
+        consecutive messages of one topic (`rows.readings_table`: the rows `_take` would
+        add); every other message, and every frame the columnar read leaves out, goes
+        through `_take` one by one."""
+        values = [m.value() if m.error() is None else None for m in messages]
+        decoded = self._validated.decode(values)
+        taken = [messages[k] for k in decoded.rows]
+        run = _Run(
+            table=readings_table(
+                decoded.frames,
+                [m.topic() for m in taken],
+                np.array([m.partition() for m in taken], dtype=np.int64),
+                np.array([m.offset() for m in taken], dtype=np.int64),
+            ),
+            messages=taken,
+            bounds=decoded.frames.bounds.tolist(),
+        )
+        rows, nxt = decoded.rows, 0
+        for k, message in enumerate(messages):
+            if nxt < len(rows) and rows[nxt] == k:
+                if run.start < nxt and message.topic() != taken[run.start].topic():
+                    self._add_run(run, nxt, now)
+                nxt += 1
+                if self.sink.open_rows + run.rows(nxt) >= self.sink.max_rows:
+                    self._add_run(run, nxt, now)
+                continue
+            self._add_run(run, nxt, now)
+            self._take(message)
+            if self.sink.due(now):  # keeps batches near max_rows
+                self._flush_and_commit()
+        self._add_run(run, nxt, now)
+
+    def _add_run(self, run: _Run, end: int, now: float) -> None:
+        """Add the rows of the run's frames up to `end` (then flush if due)."""
+        start = run.start
+        if start >= end:
+            return
+        run.start = end
+        topic = run.messages[start].topic()
+        first = run.bounds[start]
+        self.sink.add_table(
+            topic,
+            "validated_frame",
+            run.table.slice(first, run.bounds[end] - first),
+            [(m.partition(), m.offset()) for m in run.messages[start:end]],
+        )
+        self._records[topic] += end - start
+        metrics.RECORDS_CONSUMED.labels(topic=topic).inc(end - start)
+        if self.sink.due(now):
+            self._flush_and_commit()
 
     def _take(self, message: Any) -> None:
         error = message.error()
@@ -327,6 +385,24 @@ class SinkProcess:
             metrics.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
             total = (total or 0) + lag
         return total
+
+
+@dataclass
+class _Run:
+    """The rows of the validated frames of a consume batch, added run by run."""
+
+    table: pa.Table
+    """Every frame's rows (`rows.readings_table`)."""
+    messages: list[Any]
+    """The message of every frame."""
+    bounds: list[int]
+    """Frame i's rows are table rows bounds[i]:bounds[i + 1]."""
+    start: int = 0
+    """The first frame not added yet."""
+
+    def rows(self, end: int) -> int:
+        """Rows of the frames from `start` up to `end`."""
+        return self.bounds[end] - self.bounds[self.start]
 
 
 def _names(partitions: list[TopicPartition]) -> str:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
 from pipeline.clickhouse import batch_token, insert_rows
@@ -134,6 +135,11 @@ class ClickHouseSink:
         return self._open.rows + (self._sealed.rows if self._sealed else 0)
 
     @property
+    def open_rows(self) -> int:
+        """Rows buffered since the last flush began (what `due` weighs against max_rows)."""
+        return self._open.rows
+
+    @property
     def holding(self) -> bool:
         """Whether anything (rows or offsets) waits to be flushed."""
         return bool(self._open) or self._sealed is not None
@@ -157,19 +163,43 @@ class ClickHouseSink:
         rows = batch.tables.get(key)
         if rows is None:
             rows = batch.tables[key] = TableRows(mapping.table)
-        before = rows.rows
+        before, listed = rows.rows, len(rows.columns[0])
         try:
             mapping.append(rows, record, topic, partition, offset)
         except (KeyError, TypeError) as exc:
             # Cut the partly appended record off again: columns must stay aligned.
             for column in rows.columns:
-                del column[before:]
+                del column[listed:]
             rows.rows = before
             raise SinkError(
                 f"{topic}[{partition}]@{offset}: {record_type} record lacks {exc}"
             ) from exc
         batch.rows += rows.rows - before
         batch.note(topic, partition, offset)
+
+    def add_table(
+        self, topic: str, record_type: str, table: pa.Table, messages: Iterable[tuple[int, int]]
+    ) -> None:
+        """Buffer rows already built as an arrow table (e.g. `rows.readings_table`): those
+        of the records read from `topic` at the (partition, offset) of `messages`, in order,
+        as `add` of each record would have appended them."""
+        mapping: Mapping | None = MAPPINGS.get(record_type)
+        if mapping is None:
+            raise SinkError(f"{topic}: the sink does not store {record_type} records")
+        batch = self._open
+        if batch.started is None:
+            batch.started = self._clock()
+        key = (mapping.table.name, topic)
+        rows = batch.tables.get(key)
+        if rows is None:
+            rows = batch.tables[key] = TableRows(mapping.table)
+        try:
+            rows.extend(table)
+        except ValueError as exc:
+            raise SinkError(f"{topic}: {exc}") from exc
+        batch.rows += table.num_rows
+        for partition, offset in messages:
+            batch.note(topic, partition, offset)
 
     def skip(self, topic: str, partition: int, offset: int) -> None:
         """Count a message that yields no rows (e.g. undecodable) as processed, so that its
