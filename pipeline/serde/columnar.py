@@ -122,15 +122,19 @@ def encode_validated(serde: AvroSerde, frames: Frames, topic: str | None = None)
         _qualities(frames.quality, "validated_frame"),
         Pieces(mask_codes.ravel(), [flags_piece(int(m)) for m in masks.tolist()]),
     ]
-    head = [
+    head = [*_frame_head(header, frames), Longs(frames.validated_us)]
+    return write_bodies(head, frames.bounds, items).split()
+
+
+def _frame_head(header: bytes, frames: Frames) -> list[Column]:
+    """The fields every frame record starts with, after the wire format's header."""
+    return [
         Pieces(np.zeros(len(frames), dtype=np.int64), [header]),
         strings(frames.asset_id),
         strings(frames.source_id),
         Longs(frames.seq),
         Longs(frames.ingest_us),
-        Longs(frames.validated_us),
     ]
-    return write_bodies(head, frames.bounds, items).split()
 
 
 def encode_frames(serde: AvroSerde, frames: Frames, topic: str | None = None) -> list[bytes]:
@@ -144,14 +148,7 @@ def encode_frames(serde: AvroSerde, frames: Frames, topic: str | None = None) ->
     fields and are not written."""
     if not len(frames):
         return []
-    header = serde.header(FRAME_TYPE, topic)
-    head = [
-        Pieces(np.zeros(len(frames), dtype=np.int64), [header]),
-        strings(frames.asset_id),
-        strings(frames.source_id),
-        Longs(frames.seq),
-        Longs(frames.ingest_us),
-    ]
+    head = _frame_head(serde.header(FRAME_TYPE, topic), frames)
     readings = frames.readings
     items = [
         strings(frames.signal),

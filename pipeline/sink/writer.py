@@ -157,12 +157,7 @@ class ClickHouseSink:
                 f"{topic}[{partition}]@{offset}: the sink does not store {record_type} records"
             )
         batch = self._open
-        if batch.started is None:
-            batch.started = self._clock()
-        key = (mapping.table.name, topic)
-        rows = batch.tables.get(key)
-        if rows is None:
-            rows = batch.tables[key] = TableRows(mapping.table)
+        rows = self._buffer(mapping, topic)
         before, listed = rows.rows, len(rows.columns[0])
         try:
             mapping.append(rows, record, topic, partition, offset)
@@ -177,6 +172,18 @@ class ClickHouseSink:
         batch.rows += rows.rows - before
         batch.note(topic, partition, offset)
 
+    def _buffer(self, mapping: Mapping, topic: str) -> TableRows:
+        """The open batch's rows of `mapping`'s table read from `topic` (the batch starts
+        its clock with its first rows)."""
+        batch = self._open
+        if batch.started is None:
+            batch.started = self._clock()
+        key = (mapping.table.name, topic)
+        rows = batch.tables.get(key)
+        if rows is None:
+            rows = batch.tables[key] = TableRows(mapping.table)
+        return rows
+
     def add_table(
         self, topic: str, record_type: str, table: pa.Table, messages: Iterable[tuple[int, int]]
     ) -> None:
@@ -187,12 +194,7 @@ class ClickHouseSink:
         if mapping is None:
             raise SinkError(f"{topic}: the sink does not store {record_type} records")
         batch = self._open
-        if batch.started is None:
-            batch.started = self._clock()
-        key = (mapping.table.name, topic)
-        rows = batch.tables.get(key)
-        if rows is None:
-            rows = batch.tables[key] = TableRows(mapping.table)
+        rows = self._buffer(mapping, topic)
         try:
             rows.extend(table)
         except ValueError as exc:
