@@ -62,6 +62,10 @@ class TableSpec:
     def column_names(self) -> list[str]:
         return [name for name, _ in self.columns]
 
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.schema(list(self.columns))
+
 
 class TableRows:
     """One table's rows, column-oriented: one list per column of `spec`, in its order, and
@@ -80,7 +84,7 @@ class TableRows:
     def extend(self, table: pa.Table) -> None:
         """Add rows that are already an arrow table of the spec's columns and types, after
         the rows added so far."""
-        if table.schema != self.schema:
+        if table.schema != self.spec.schema:
             raise ValueError(f"{self.spec.name}: rows of another schema: {table.schema}")
         if self.columns[0]:
             # Kept as lists: converted (and checked) with the rest when the batch is sealed.
@@ -88,10 +92,6 @@ class TableRows:
             self.columns = [[] for _ in self.spec.columns]
         self._parts.append(table)
         self.rows += table.num_rows
-
-    @property
-    def schema(self) -> pa.Schema:
-        return pa.schema(list(self.spec.columns))
 
     def arrow(self) -> pa.Table:
         """The rows as a pyarrow Table. Built once: the rows must not change afterwards (a
@@ -117,7 +117,7 @@ class TableRows:
                     arrays.append(pa.array(values, kind))
                 except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                     raise ValueError(f"{self.spec.name}.{name}: {exc}") from exc
-        return pa.table(arrays, schema=self.schema)
+        return pa.table(arrays, schema=self.spec.schema)
 
 
 Appender = Callable[[TableRows, Record, str, int, int], None]
@@ -190,7 +190,7 @@ def readings_table(frames: Frames, topics: list[str], partitions: Ints, offsets:
         pa.array(np.asarray(partitions)[owner], _I32),
         pa.array(np.asarray(offsets)[owner], _I64),
     ]
-    return pa.table(arrays, schema=pa.schema(list(READINGS.columns)))
+    return pa.table(arrays, schema=READINGS.schema)
 
 
 STATES = TableSpec(
