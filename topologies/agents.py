@@ -11,10 +11,12 @@ messages in, outputs out, and keeps each asset's stage state in a compacted stat
   telemetry (murmur2, as every producer here uses). After each assignment the worker reads
   its partitions back (`topologies/state_store.py`) before it processes a frame.
 - State is written once per several batches (`PendingState`): when `STATE_EVERY_EVENTS`
-  frames wait for it or `STATE_MAX_AGE_S` has passed, each asset those frames touched is
-  written once, however many of its frames they hold. A busy worker thus writes an asset's
-  state once per several of its frames, not once per frame. The write goes in short steps
-  between batches (`topologies/state_writer.py`), so frames do not wait for all of it.
+  frames wait for it or `STATE_MAX_AGE_S` has passed (the age counts only while batches are
+  smaller than PIPELINE_BELOW frames, i.e. not during a backlog), each asset those frames
+  touched is written once, however many of its frames they hold. A busy worker thus writes
+  an asset's state once per several of its frames, not once per frame. The write goes in
+  short steps between batches (`topologies/state_writer.py`), so frames do not wait for all
+  of it.
 - Outputs and state messages go out through confluent-kafka (`topologies/output.py`), not
   Faust's producer.
 - A small batch's outputs are confirmed while the next batch is processed (`InFlight`, at
@@ -191,7 +193,7 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                 # reference holds each event back until the writer has written its state.
                 for event in events:
                     event.message.incref()
-                pending.add(result.touched, events)
+                pending.add(result.touched, events, backlog=len(batch) >= PIPELINE_BELOW)
                 if pending.due():
                     state_due.set()
             await in_flight.settle(MAX_IN_FLIGHT if len(batch) < PIPELINE_BELOW else 0)

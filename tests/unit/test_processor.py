@@ -245,3 +245,30 @@ def test_pending_state_is_due_by_held_events_and_by_age() -> None:
     assert not aged.due()
     aged.add({"a"})  # tick outputs: an asset changed, no event held
     assert aged.due()
+
+
+def test_pending_state_age_does_not_count_during_a_backlog() -> None:
+    now = [0.0]
+    pending = PendingState(max_events=3, max_age_s=1.0, clock=lambda: now[0])
+    pending.add({"a"}, ["e1"], backlog=True)
+    now[0] = 0.9
+    pending.add({"a"}, [], backlog=True)  # the backlog goes on
+    now[0] = 1.5
+    assert not pending.due()  # old enough, but the worker is working through a backlog
+    pending.add({"b"})  # a tick says nothing about the backlog
+    assert not pending.due()
+    pending.add({"b"}, ["e2", "e3"], backlog=True)
+    assert pending.due()  # enough events held, backlog or not
+    pending.take()
+    pending.add({"c"}, ["e4"], backlog=True)
+    now[0] = 3.0
+    pending.add({"c"}, ["e5"], backlog=True)
+    assert not pending.due()
+    pending.add({"c"}, ["e6"], backlog=False)  # the backlog is worked off
+    assert pending.due()
+    pending.take()
+    pending.add({"d"}, ["e7"], backlog=True)  # the last batch of a backlog: none follows
+    now[0] = 3.9
+    assert not pending.due()
+    now[0] = 4.0  # max_age_s after it: the age counts again
+    assert pending.due()
