@@ -39,7 +39,7 @@ from pipeline.stages.anomaly import AnomalyDetector
 from pipeline.stages.common import Origin
 from pipeline.stages.estimate import Estimator
 from pipeline.stages.frames import Frames, States, concat_frames, concat_states
-from pipeline.stages.kpi import KpiWindows
+from pipeline.stages.kpi import KpiFrameError, KpiWindows
 from pipeline.stages.validate import ValidatedBatch, Validator
 
 log = logging.getLogger(__name__)
@@ -130,11 +130,13 @@ class FrameProcessor:
         """Every stage for one batch of telemetry.raw messages; the outputs, encoded.
 
         Decoding, validation, estimation and the encoding of valid frames and state records
-        work on the whole batch as columns (`pipeline.stages.frames`); the anomaly, KPI and
-        alert stages take the frames one by one. A stage failing on a frame must not stop
-        the agent: a batch stage that fails is run again frame by frame, and a frame that
-        still fails goes to the dead-letter topic with the error (its other outputs are
-        withdrawn), so nothing is lost without a trace."""
+        work on the whole batch as columns (`pipeline.stages.frames`), as does the KPI
+        stage's reading of the frames; the anomaly and alert stages take the frames one by
+        one. A stage failing on a frame must not stop the agent: a batch stage that fails is
+        run again frame by frame, and a frame that still fails goes to the dead-letter topic
+        with the error (its other outputs are withdrawn), so nothing is lost without a trace.
+        (The KPI stage has taken a frame's readings before a later stage fails on it: its
+        windows count them, as they count the readings of the frames before and after.)"""
         result = BatchResult()
         now = self._clock()
         batch = list(messages)
@@ -153,11 +155,15 @@ class FrameProcessor:
         valid_out = encode_validated(self.serde, valid, self.topics["telemetry.valid"])
         state_out = encode_states(self.serde, states, self.topics["twin.state"])
         times = frame_times(valid)
+        windows, kpi_failed = self._kpi_windows(valid, now)
         for i, message in enumerate(sources):
             mark = len(result.outputs)
             try:
+                failure = kpi_failed.get(i)
+                if failure is not None:
+                    raise failure
                 outputs = (valid_out[i], state_out[i])
-                self._finish_frame(valid, states, i, times[i], outputs, now, result)
+                self._finish_frame(valid, states, i, (times[i], windows[i]), outputs, now, result)
             except Exception as exc:
                 del result.outputs[mark:]
                 self._failed(message, exc, now, result)
@@ -217,24 +223,56 @@ class FrameProcessor:
         rows = np.array(keep, dtype=np.int64)
         return concat_states(parts), valid.take(rows), [sources[i] for i in keep]
 
+    def _kpi_windows(
+        self, valid: Frames, now: datetime
+    ) -> tuple[list[list[dict[str, Any]]], dict[int, Exception]]:
+        """The KPI windows each frame closed or revised, and the frames the stage failed on
+        (index -> error; their lists are empty)."""
+        windows: list[list[dict[str, Any]]] = []
+        failed: dict[int, Exception] = {}
+        start = 0
+        while start < len(valid):
+            part = valid if start == 0 else valid.take(np.arange(start, len(valid)))
+            try:
+                windows += self.kpi.add_frames(part, now)
+                break
+            except KpiFrameError as exc:
+                windows += exc.done
+                index = start + exc.index
+                cause = exc.__cause__
+                failed[index] = cause if isinstance(cause, Exception) else exc
+                windows.append([])
+                start = index + 1
+            except Exception:
+                log.exception("kpi: a batch of %d frames failed; frame by frame", len(part))
+                for i in range(start, len(valid)):
+                    try:
+                        windows.append(self.kpi.add(valid.record(i, micros=True), now))
+                    except Exception as exc:
+                        failed[i] = exc
+                        windows.append([])
+                break
+        return windows, failed
+
     def _finish_frame(
         self,
         valid: Frames,
         states: States,
         i: int,
-        times: FrameTimes,
+        taken: tuple[FrameTimes, list[dict[str, Any]]],
         encoded: tuple[bytes, bytes],
         now: datetime,
         result: BatchResult,
     ) -> None:
-        """The per-frame stages (anomaly, KPI, alerts) and every output of frame i
-        (`encoded`: its validated frame and state record, already encoded)."""
+        """The per-frame stages (anomaly, alerts) and every output of frame i (`taken`:
+        what the stale rules need of it and the KPI windows it closed; `encoded`: its
+        validated frame and state record, already encoded)."""
         asset_id = valid.asset_id[i]
         key = asset_id.encode()
+        times, windows = taken
         valid_bytes, state_bytes = encoded
         state = states.record(i)
         score = self.anomaly.score(state)
-        windows = self.kpi.add(valid.record(i, micros=True), now)
         alerts = self.alerts.on_frame_times(asset_id, times, now)
         alerts += self.alerts.on_state(state, now)
         alerts += self.alerts.on_anomaly(score, now)

@@ -19,6 +19,7 @@ assets.
 
     kpi = KpiWindows(site)
     records = kpi.add(validated_frame, now)   # windows closed or revised by this frame
+    per_frame = kpi.add_frames(frames, now)   # the same for a batch (`Frames`), per frame
     records += kpi.tick(now)                  # e.g. once a second
 """
 
@@ -30,7 +31,16 @@ from typing import Any
 
 from pipeline.site import KpiSettings, Site
 from pipeline.stages.common import from_micros, to_micros
+from pipeline.stages.frames import Frames
 from pipeline.stages.kpi_aggregate import KpiAggregator
+from pipeline.stages.kpi_batch import (
+    KpiFrameError,
+    ReadingGroups,
+    SignalIndex,
+    new_series,
+    pane_for,
+    unusable_mask,
+)
 from pipeline.stages.kpi_state import AssetWindows, EmittedWindow
 from pipeline.stages.kpi_windows import (
     SourceClock,
@@ -44,6 +54,7 @@ USABLE_FLAGS = frozenset({"OUT_OF_EXPECTED_RANGE", "OUT_OF_ORDER"})
 """Flags that leave a reading fit for KPIs: an unusual but real value, and an arrival order
 the windows handle themselves. Every other flag keeps the reading out."""
 
+_UNUSABLE = unusable_mask(USABLE_FLAGS)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _KIND_ORDER = {"TUMBLING": 0, "HOPPING": 1}
@@ -78,6 +89,7 @@ class KpiWindows:
         self.stats = KpiStats()
         self._aggregators = {a.id: KpiAggregator(a) for a in site.assets}
         self._known = {a.id: frozenset(a.signals) for a in site.assets}
+        self._signals = SignalIndex(site)
         self._assets: dict[str, AssetWindows] = {}
         self._ticks = TickSchedule()
 
@@ -87,17 +99,10 @@ class KpiWindows:
         """Take one validated_frame (reading timestamps as aware datetimes or integer
         microseconds); return the kpi_window records it closed or revised."""
         asset_id = frame["asset_id"]
-        aggregator = self._aggregators.get(asset_id)
-        if aggregator is None:
-            self.stats.frames_unknown_asset += 1
+        opened = self._open(asset_id)
+        if opened is None:
             return []
-        state = self._assets.get(asset_id)
-        out: list[dict[str, Any]] = []
-        if state is None:
-            state = self._assets[asset_id] = AssetWindows()
-            self._ticks.add(asset_id)
-        else:
-            out += self._catch_up(asset_id, state)
+        aggregator, state, out = opened
         known = self._known[asset_id]
         timed = aggregator.timed
         plan = self.plan
@@ -135,13 +140,7 @@ class KpiWindows:
             start = ts - ts % pane_us
             if start != current:
                 current = start
-                is_late = watermark is not None and start + pane_us <= watermark
-                if is_late and watermark is not None and plan.expires(start) <= watermark:
-                    pane = None
-                else:
-                    pane = panes.get(start)
-                    if pane is None:
-                        pane = panes[start] = aggregator.initialize()
+                pane, is_late = pane_for(panes, start, watermark, plan, aggregator)
             if pane is None:
                 too_late += 1
                 continue
@@ -149,34 +148,34 @@ class KpiWindows:
                 late_from = ts
             values = pane.values.get(signal)
             if values is None:
-                values = pane.values[signal] = []
-                if signal in timed:
-                    pane.times[signal] = []
+                values = new_series(pane, signal, timed)
             values.append(value)
             if timed and signal in timed:
                 pane.times[signal].append(ts)
             if newest is None or ts > newest:
                 newest = ts
 
-        stats = self.stats
-        stats.frames += 1
-        stats.readings += len(readings)
-        stats.readings_unusable += unusable
-        stats.readings_too_late += too_late
-
-        now_us = to_micros(now)
-        if newest is not None:
-            clock = state.clocks.get(frame["source_id"])
-            if clock is None:
-                state.clocks[frame["source_id"]] = SourceClock(newest, now_us)
-            else:
-                clock.max_ts = max(clock.max_ts, newest)
-                clock.last_arrival = now_us
-        if late_from is not None:
-            out += self._revise(asset_id, state, late_from, now)
-        out += self._advance(asset_id, state, now_us, now)
-        self._ticks.due(asset_id, self._due(state))
+        counts = (len(readings), unusable, too_late)
+        out += self._close(asset_id, state, frame["source_id"], now, counts, newest, late_from)
         return out
+
+    def add_frames(self, frames: Frames, now: datetime) -> list[list[dict[str, Any]]]:
+        """Take a batch of validated frames (with flags); return, per frame in batch order,
+        the kpi_window records it closed or revised. The records, the state and the stats
+        are exactly those of `add` on each frame in turn; the readings' checks and panes are
+        worked out for the whole batch at once (see `kpi_batch`).
+
+        KpiFrameError if frame i fails: frames 0..i-1 are applied (their records in the
+        error's `done`), frame i may be partly applied, the later ones are not. ValueError,
+        before anything is applied, for readings without flags."""
+        groups = ReadingGroups.of(frames, self._signals, self.plan.pane_us, _UNUSABLE)
+        done: list[list[dict[str, Any]]] = []
+        for i, asset_id in enumerate(frames.asset_id):
+            try:
+                done.append(self._add_groups(groups, i, asset_id, frames.source_id[i], now))
+            except Exception as exc:
+                raise KpiFrameError(i, done, exc) from exc
+        return done
 
     def tick(self, now: datetime) -> list[dict[str, Any]]:
         """Move the watermarks of sources silent for the idle timeout on with processing time;
@@ -236,6 +235,74 @@ class KpiWindows:
             return []
         self._ticks.caught_up(asset_id)
         return self._advance(asset_id, state, skipped, from_micros(skipped))
+
+    # --- frames --------------------------------------------------------------------------
+
+    def _open(
+        self, asset_id: str
+    ) -> tuple[KpiAggregator, AssetWindows, list[dict[str, Any]]] | None:
+        """The asset's aggregator and state (new, or caught up with the ticks it skipped) and
+        the records catching up emitted; None, counted, for an asset the site lacks."""
+        aggregator = self._aggregators.get(asset_id)
+        if aggregator is None:
+            self.stats.frames_unknown_asset += 1
+            return None
+        state = self._assets.get(asset_id)
+        if state is None:
+            state = self._assets[asset_id] = AssetWindows()
+            self._ticks.add(asset_id)
+            return aggregator, state, []
+        return aggregator, state, self._catch_up(asset_id, state)
+
+    def _add_groups(
+        self, groups: ReadingGroups, i: int, asset_id: str, source_id: str, now: datetime
+    ) -> list[dict[str, Any]]:
+        """`add` for frame i of the batch `groups` was made of."""
+        opened = self._open(asset_id)
+        if opened is None:
+            return []
+        aggregator, state, out = opened
+        too_late, newest, late_from = groups.apply(
+            i, state.panes, state.watermark, self.plan, aggregator
+        )
+        counts = (groups.readings[i], groups.unusable[i], too_late)
+        out += self._close(asset_id, state, source_id, now, counts, newest, late_from)
+        return out
+
+    def _close(
+        self,
+        asset_id: str,
+        state: AssetWindows,
+        source_id: str,
+        now: datetime,
+        counts: tuple[int, int, int],
+        newest: int | None,
+        late_from: int | None,
+    ) -> list[dict[str, Any]]:
+        """What follows a frame's readings: count them (`counts`: readings, unusable, too
+        late), move the source's clock to `newest` (the newest event time counted), re-emit
+        the windows late data from `late_from` on changed, move the watermark and schedule
+        the asset's next tick; return the records emitted."""
+        stats = self.stats
+        stats.frames += 1
+        stats.readings += counts[0]
+        stats.readings_unusable += counts[1]
+        stats.readings_too_late += counts[2]
+
+        now_us = to_micros(now)
+        if newest is not None:
+            clock = state.clocks.get(source_id)
+            if clock is None:
+                state.clocks[source_id] = SourceClock(newest, now_us)
+            else:
+                clock.max_ts = max(clock.max_ts, newest)
+                clock.last_arrival = now_us
+        out: list[dict[str, Any]] = []
+        if late_from is not None:
+            out += self._revise(asset_id, state, late_from, now)
+        out += self._advance(asset_id, state, now_us, now)
+        self._ticks.due(asset_id, self._due(state))
+        return out
 
     # --- windows -------------------------------------------------------------------------
 
