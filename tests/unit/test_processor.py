@@ -265,8 +265,12 @@ def test_kpi_failing_on_one_frame_dead_letters_it_and_the_later_frames_go_on(sit
 def test_kpi_batch_failing_as_a_whole_falls_back_to_frame_by_frame(site: Site) -> None:
     serde = AvroSerde.local()
     messages = raw_messages(site, serde, seconds=150.0, step_s=2.0)  # closes windows
-    processor = FrameProcessor(site, serde, clock=clock_after(messages))
-    reference = FrameProcessor(site, serde, clock=clock_after(messages))
+
+    def clock() -> datetime:
+        return START + timedelta(seconds=155)
+
+    processor = FrameProcessor(site, serde, clock=clock)
+    reference = FrameProcessor(site, serde, clock=clock)
 
     def broken(frames: Frames, now: datetime) -> list[list[dict[str, Any]]]:
         raise RuntimeError("kpi batch code broken")
