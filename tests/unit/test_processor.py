@@ -223,43 +223,32 @@ def test_a_stage_failing_on_one_frame_dead_letters_it_and_the_batch_goes_on(site
 def test_kpi_failing_on_one_frame_dead_letters_it_and_the_later_frames_go_on(site: Site) -> None:
     serde = AvroSerde.local()
     messages = raw_messages(site, serde, seconds=3.0)
-    per_step = len(site.assets)
-    first, batch = messages[: 4 * per_step], messages[4 * per_step :]
-    victim = next(
-        serde.decode(m.value).record["asset_id"]
-        for m in batch[2:]
-        if site.asset(serde.decode(m.value).record["asset_id"]).kpi is not None
-    )
-    seeded = FrameProcessor(site, serde, clock=clock_after(first))
-    seeded.process(first)
-    # A KPI state the stage cannot work with: a pane's state readings without their times.
-    corrupt = seeded.snapshot("kpi", victim)
-    assert corrupt is not None
-    pane = next(p for p in corrupt["panes"] if p["times"])
-    pane["times"].clear()
-    processor = FrameProcessor(site, serde, clock=clock_after(batch))
-    reference = FrameProcessor(site, serde, clock=clock_after(batch))
-    for asset in site.assets:
-        for stage in STAGES:
-            state = seeded.snapshot(stage, asset.id)
-            if state is not None:
-                processor.restore(stage, asset.id, corrupt if (asset.id, stage) == (
-                    victim, "kpi") else state)  # fmt: skip
-                reference.restore(stage, asset.id, state)
-    result = processor.process(batch)
-    failed = [m for m in batch if m.key == victim.encode()]
+    victim = serde.decode(messages[len(messages) // 2].value).record["asset_id"]
+    processor = FrameProcessor(site, serde, clock=clock_after(messages))
+    reference = FrameProcessor(site, serde, clock=clock_after(messages))
+    add_groups = processor.kpi._add_groups
+
+    def failing(groups: Any, i: int, asset_id: str, source_id: str, now: datetime) -> Any:
+        if asset_id == victim:
+            raise KeyError("machine_state")
+        return add_groups(groups, i, asset_id, source_id, now)
+
+    processor.kpi._add_groups = failing  # type: ignore[method-assign]
+    result = processor.process(messages)
+    failed = [m for m in messages if m.key == victim.encode()]
+    assert len(failed) > 1
     letters = decoded(serde, result.outputs, "telemetry.deadletter")
     assert [(d["reason_code"], d["origin_offset"]) for d in letters] == [
         ("processing_error", m.offset) for m in failed
     ]
     assert all("KeyError" in d["reason"] for d in letters)
     # Every other frame went through, with the outputs it has without the failure.
-    expected = reference.process(batch).outputs
+    expected = reference.process(messages).outputs
     others = [
         o for o in result.outputs if o.key != victim.encode() and o.topic != "telemetry.deadletter"
     ]
     assert others == [o for o in expected if o.key != victim.encode()]
-    assert result.frames == len(batch) - len(failed)
+    assert result.frames == len(messages) - len(failed)
 
 
 def test_kpi_batch_failing_as_a_whole_falls_back_to_frame_by_frame(site: Site) -> None:
