@@ -273,9 +273,7 @@ class FrameProcessor:
         valid_bytes, state_bytes = encoded
         state = states.record(i)
         score = self.anomaly.score(state)
-        alerts = self.alerts.on_frame_times(asset_id, times, now)
-        alerts += self.alerts.on_state(state, now)
-        alerts += self.alerts.on_anomaly(score, now)
+        alerts = self.alerts.on_frame_records(asset_id, times, state, score, now)
         for window in windows:
             alerts += self.alerts.on_kpi(window, now)
         result.outputs.append(Output(self.topics["telemetry.valid"], key, valid_bytes))

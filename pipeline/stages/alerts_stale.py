@@ -24,6 +24,7 @@ holdoff; until then the stage's ticks leave the asset alone (see `ticks`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -144,6 +145,43 @@ def observe(
         if t_us >= entry[0]:
             entry[0] = t_us
         entry[1] = now_us
+
+
+def known_levels(
+    state: AssetAlerts,
+    signals: Iterable[dict[str, Any]],
+    t_us: int,
+    now_us: int,
+    wanted: frozenset[str],
+) -> dict[str, Any] | None:
+    """The filtered levels of a state estimate's measured `wanted` signals, if its liveness is
+    already known: if `observe` of it (event time `t_us`, its measured signals with a finite
+    level fresh at `t_us`, at `now_us`) would change nothing. None if it would.
+
+    That is so when the stage already looked at the asset at `now_us` or later, its
+    freshness has started, the estimate does not move the asset's clock on, and each signal
+    it measured already has a usable reading at least as new that arrived at `now_us`: as
+    usually after `observe` of the frame the estimate came from, which holds those readings.
+    The signals are read in the order the alert stage reads them for `observe` (measured,
+    level, name), so a malformed one fails here as it fails there."""
+    watched, clock = state.watched_us, state.clock_us
+    if watched is None or watched < now_us or clock is None or not state.fresh:
+        return None
+    if t_us > clock or (t_us == clock and state.clock_arrival_us != now_us):
+        return None
+    entry_of, isfinite = state.fresh.get, math.isfinite
+    levels: dict[str, Any] = {}
+    for s in signals:
+        if s["measured"]:
+            value = s["value"]
+            if isfinite(value):
+                name = s["signal"]
+                entry = entry_of(name)
+                if entry is not None and (entry[0] < t_us or entry[1] != now_us):
+                    return None
+                if name in wanted:
+                    levels[name] = value
+    return levels
 
 
 def look(state: AssetAlerts, now_us: int, unwatched_gap_us: int) -> None:
