@@ -1,7 +1,8 @@
-"""Batches of frame message values read as columns, with polars trusted with nothing.
+"""Batches of message values read as columns, with polars trusted with nothing.
 
-The bodies of the messages written with the newest schema version of one record type are
-wrapped into one in-memory Avro object container file (one block holding every body,
+Below, a frame is any record read so: a telemetry or validated frame, or the state estimate
+made of one. The bodies of the messages written with the newest schema version of one record
+type are wrapped into one in-memory Avro object container file (one block holding every body,
 `pipeline.serde.container`) and read by polars, in Rust, with a decoding schema in which every
 enum is an "int" (the same bytes: the zigzag index of the symbol) and logical types are plain
 longs. One block for all is about twice as fast as one block per message (measured: 22
@@ -15,19 +16,22 @@ is split in halves until the failing messages are alone. Of the frames that do n
 their body, the first is left out and the others are read again (they may only have been
 read from a shifted place), a bounded number of times.
 
-The record type supplies the `Columns` hook: its frames as read from a container, encoded
-again, and which of them no record can be built from; `read_columns` reads and encodes what
-every frame type has in common. Every message left out is left to the caller.
+The record type supplies the `Columns` hook: its records as read from a container (as
+columns: `Frames`, or `States` for state estimates), encoded again, and which of them no record
+can be built from, and how such columns are taken apart and joined; `read_items` reads what
+every record type that ends in one array of items has in common, `read_columns` what every
+frame type has in common. Every message left out is left to the caller.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from io import BytesIO
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +54,9 @@ from pipeline.serde.varint import (
     zigzag,
 )
 from pipeline.stages.common import to_micros
-from pipeline.stages.frames import QUALITIES, Frames, Ints, concat_frames
+from pipeline.stages.frames import QUALITIES, Frames, Ints
+
+log = logging.getLogger(__name__)
 
 QUALITY_PIECES = [zigzag(code) for code in range(len(QUALITIES))]
 """The encoded quality symbol of each QUALITIES code."""
@@ -62,27 +68,43 @@ _MAX_ROUNDS = 16  # reads again of frames that did not give back their body, at 
 _READ_FAILURES = (Exception, PanicException)  # polars panics are BaseExceptions
 
 Mask = npt.NDArray[np.bool_]
-Part = tuple[list[int], Frames]
-"""Message indices, and the frames read from them (row i from the i-th index)."""
-Columns = Callable[[bytes, int], tuple[Frames, Bodies, Mask]]
-"""The frames of a container file of `count` bodies, those frames encoded again, and which
-frames `AvroSerde.decode` cannot build a record of. Raises where polars cannot read it."""
+B = TypeVar("B")
+"""Columns of a batch of records, a row per record (`Frames`, `States`)."""
+Part = tuple[list[int], B]
+"""Message indices, and the records read from them (row i from the i-th index)."""
+Columns = Callable[[bytes, int], tuple[B, Bodies, Mask]]
+"""The records of a container file of `count` bodies, those records encoded again, and which
+records `AvroSerde.decode` cannot build a record of. Raises where polars cannot read it."""
 
 
-class BatchRead:
+class BatchRead(Generic[B]):
     """Reads the message values of the newest version of one record type (see the module
-    doc); `columns` builds that type's frames from a container file."""
+    doc); `columns` builds that type's records from a container file, `take` picks records
+    (row indices, in that order) and `concat` joins non-empty batches, in order."""
 
-    def __init__(self, serde: AvroSerde, record_type: str, columns: Columns) -> None:
+    def __init__(
+        self,
+        serde: AvroSerde,
+        record_type: str,
+        columns: Columns[B],
+        take: Callable[[B, Ints], B],
+        concat: Callable[[list[B]], B],
+    ) -> None:
         self.serde = serde
         self.record_type = record_type
         latest = serde.catalog.latest(record_type)
         self._version = latest.version
         self._container = container_header(json.dumps(decoding_schema(latest.schema)))
         self._columns = columns
+        self._take = take
+        self._concat = concat
         self.problem = self._problem(latest.parsed)
-        """Why polars cannot read this schema's frames (then a batch is not read in halves
+        """Why polars cannot read this schema's records (then a batch is not read in halves
         down to single messages), or None."""
+        if self.problem is not None:
+            log.warning(
+                "%s messages decode one by one, not in batches: %s", record_type, self.problem
+            )
 
     def _problem(self, writer: dict[str, Any]) -> str | None:
         body = BytesIO()
@@ -93,8 +115,10 @@ class BatchRead:
             return f"{type(exc).__name__}: {exc}"
         return None if kept else "the frame polars reads is not the one written"
 
-    def read(self, values: list[bytes | None], batch_reads: bool) -> tuple[list[Part], list[int]]:
-        """The frames read from `values` as columns, in parts, and the indices of the other
+    def read(
+        self, values: list[bytes | None], batch_reads: bool
+    ) -> tuple[list[Part[B]], list[int]]:
+        """The records read from `values` as columns, in parts, and the indices of the other
         values in order; with `batch_reads` False none is read."""
         fast: list[int] = []
         left: list[int] = []
@@ -109,19 +133,19 @@ class BatchRead:
                 known = self.serde.known_schema(int.from_bytes(header[1:], "big"))
                 is_newest = newest[header] = known == (self.record_type, self._version)
             (fast if is_newest and batch_reads else left).append(i)
-        parts: list[Part] = []
+        parts: list[Part[B]] = []
         if fast:
             bodies = [values[i][HEADER_SIZE:] for i in fast]  # type: ignore[index]
-            for positions, frames in self._read(bodies, list(range(len(fast))), left, fast):
-                parts.append(([fast[p] for p in positions], frames))
+            for positions, records in self._read(bodies, list(range(len(fast))), left, fast):
+                parts.append(([fast[p] for p in positions], records))
         return parts, sorted(left)
 
     def _read(
         self, bodies: list[bytes], positions: list[int], left: list[int], fast: list[int]
-    ) -> list[Part]:
-        """Frames of bodies[positions] that polars reads and that give back their body; the
+    ) -> list[Part[B]]:
+        """Records of bodies[positions] that polars reads and that give back their body; the
         message index of every other one is appended to `left`."""
-        parts: list[Part] = []
+        parts: list[Part[B]] = []
         idle = rounds = 0
         while positions:
             kept, wrong = self._read_halves(bodies, positions, left, fast)
@@ -145,7 +169,7 @@ class BatchRead:
 
     def _read_halves(
         self, bodies: list[bytes], positions: list[int], left: list[int], fast: list[int]
-    ) -> tuple[list[Part], list[int]]:
+    ) -> tuple[list[Part[B]], list[int]]:
         """One read of bodies[positions], in halves where it fails."""
         try:
             return self._read_once(bodies, positions)
@@ -158,24 +182,37 @@ class BatchRead:
             second, second_wrong = self._read_halves(bodies, positions[half:], left, fast)
             return first + second, first_wrong + second_wrong
 
-    def _read_once(self, bodies: list[bytes], positions: list[int]) -> tuple[list[Part], list[int]]:
-        """One polars read of bodies[positions]: the frames that give back their body, and
+    def _read_once(
+        self, bodies: list[bytes], positions: list[int]
+    ) -> tuple[list[Part[B]], list[int]]:
+        """One polars read of bodies[positions]: the records that give back their body, and
         the positions of those that do not, in order. Raises when polars cannot read."""
         chosen = [bodies[p] for p in positions]
         data, blob = container(self._container, chosen)
-        frames, again, unreadable = self._columns(data, len(chosen))
+        records, again, unreadable = self._columns(data, len(chosen))
         exact = _gives_back(chosen, blob, again, unreadable)
         if exact.all():
-            return [(positions, frames)], []
+            return [(positions, records)], []
         kept = np.flatnonzero(exact)
         wrong = [positions[k] for k in np.flatnonzero(~exact).tolist()]
         if not kept.size:
             return [], wrong
-        return [([positions[k] for k in kept.tolist()], frames.take(kept))], wrong
+        return [([positions[k] for k in kept.tolist()], self._take(records, kept))], wrong
+
+    def merge(self, parts: list[Part[B]]) -> tuple[B, list[int]]:
+        """The records of one or more parts as one batch, in message order, and the message
+        index of each record."""
+        rows = [row for part_rows, _ in parts for row in part_rows]
+        records = self._concat([r for _, r in parts])
+        if rows != sorted(rows):
+            order = np.argsort(np.array(rows, dtype=np.int64), kind="stable")
+            records = self._take(records, order)
+            rows = [rows[k] for k in order.tolist()]
+        return records, rows
 
 
 def _gives_back(bodies: list[bytes], blob: bytes, again: Bodies, unreadable: Mask) -> Mask:
-    """Per frame: does encoding it again give back its body?"""
+    """Per record: does encoding it again give back its body?"""
     sizes = np.array([len(b) for b in bodies], dtype=np.int64)
     exact: Mask = np.diff(again.starts) == sizes
     if exact.all():
@@ -185,18 +222,6 @@ def _gives_back(bodies: list[bytes], blob: bytes, again: Bodies, unreadable: Mas
         exact = np.array([a == b for a, b in zip(again.split(), bodies, strict=True)], np.bool_)
     exact[unreadable] = False
     return exact
-
-
-def merge(parts: list[Part]) -> tuple[Frames, list[int]]:
-    """The frames of one or more parts as one, in message order, and the message index of
-    each frame."""
-    rows = [row for part_rows, _ in parts for row in part_rows]
-    frames = concat_frames([f for _, f in parts])
-    if rows != sorted(rows):
-        order = np.argsort(np.array(rows, dtype=np.int64), kind="stable")
-        frames = frames.take(order)
-        rows = [rows[k] for k in order.tolist()]
-    return frames, rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,28 +245,60 @@ class FrameColumns:
     """Frames whose ingest_ts no datetime can hold."""
 
 
-def read_columns(data: bytes, count: int) -> FrameColumns:
-    """Read a container file of `count` frame bodies; raises where polars cannot, or where
-    what it read does not add up."""
+@dataclass(frozen=True, slots=True)
+class ItemColumns:
+    """What polars read from a container file of records that end in one array of items."""
+
+    table: pl.DataFrame
+    """A row a record."""
+    items: pl.DataFrame
+    """A row an item of the array, record after record."""
+    bounds: Ints
+    """The items of record i are rows bounds[i]:bounds[i + 1]."""
+    signal: Ints
+    """Per item: the index of its `signal` in `signals`."""
+    signals: list[str]
+    """The distinct signal names."""
+
+    def signal_names(self) -> npt.NDArray[np.object_]:
+        """The signal name of every item."""
+        return np.array(self.signals, dtype=object)[self.signal]
+
+    def signal_pieces(self) -> Pieces:
+        """The items' signal names, to encode again."""
+        return Pieces(self.signal, [string_piece(s) for s in self.signals])
+
+
+def read_items(data: bytes, count: int, array: str) -> ItemColumns:
+    """Read a container file of `count` bodies of records whose field `array` is an array of
+    item records with a string field `signal`; raises where polars cannot, or where what it
+    read does not add up."""
     table = pl.read_avro(BytesIO(data))
-    readings = table.get_column("readings")
-    counts = readings.list.len().to_numpy().astype(np.int64)
-    items = readings.explode(empty_as_null=False).struct.unnest()
+    column = table.get_column(array)
+    counts = column.list.len().to_numpy().astype(np.int64)
+    items = column.explode(empty_as_null=False).struct.unnest()
     if table.height != count or items.height != int(counts.sum()):
-        raise SerdeError("the readings do not add up")  # read again in halves
+        raise SerdeError(f"the {array} do not add up")  # read again in halves
     bounds = np.zeros(count + 1, dtype=np.int64)
     np.cumsum(counts, out=bounds[1:])
     names = items.get_column("signal").to_arrow().dictionary_encode()
     codes = names.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    distinct = names.dictionary.to_pylist()
+    return ItemColumns(table, items, bounds, codes, names.dictionary.to_pylist())
+
+
+def read_columns(data: bytes, count: int) -> FrameColumns:
+    """Read a container file of `count` frame bodies; raises where polars cannot, or where
+    what it read does not add up."""
+    read = read_items(data, count, "readings")
+    table, items = read.table, read.items
     quality = items.get_column("quality").to_numpy()
     frames = Frames(
         asset_id=table.get_column("asset_id").to_list(),
         source_id=table.get_column("source_id").to_list(),
         seq=table.get_column("seq").to_numpy().astype(np.int64),
         ingest_us=table.get_column("ingest_ts").to_numpy().astype(np.int64),
-        bounds=bounds,
-        signal=np.array(distinct, dtype=object)[codes],
+        bounds=read.bounds,
+        signal=read.signal_names(),
         ts_us=items.get_column("ts").to_numpy().astype(np.int64),
         value=items.get_column("value").to_numpy().astype(np.float64),
         # Symbols out of range are caught by `unreadable_reading`; clip only to encode them.
@@ -258,7 +315,7 @@ def read_columns(data: bytes, count: int) -> FrameColumns:
             Longs(frames.ingest_us),
         ],
         readings=[
-            Pieces(codes, [string_piece(s) for s in distinct]),
+            read.signal_pieces(),
             Longs(frames.ts_us),
             Doubles(frames.value),
             Pieces(frames.quality, QUALITY_PIECES),

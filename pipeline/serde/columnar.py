@@ -15,7 +15,6 @@ written with numpy for all readings at once (`pipeline.serde.varint`), byte-iden
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,7 @@ import numpy.typing as npt
 
 from pipeline.errors import SerdeError
 from pipeline.serde.avro import AvroSerde
-from pipeline.serde.batch_read import QUALITY_PIECES, BatchRead, merge, read_columns
+from pipeline.serde.batch_read import QUALITY_PIECES, BatchRead, read_columns
 from pipeline.serde.varint import (
     Bodies,
     Booleans,
@@ -38,9 +37,7 @@ from pipeline.serde.varint import (
     write_bodies,
     zigzag,
 )
-from pipeline.stages.frames import FLAGS, QUALITIES, Frames, States, flag_names
-
-log = logging.getLogger(__name__)
+from pipeline.stages.frames import FLAGS, QUALITIES, Frames, States, concat_frames, flag_names
 
 FRAME_TYPE = "telemetry_frame"
 
@@ -62,14 +59,10 @@ class FrameDecoder:
 
     def __init__(self, serde: AvroSerde) -> None:
         self.serde = serde
-        self._batch = BatchRead(serde, FRAME_TYPE, _columns)
+        self._batch = BatchRead(serde, FRAME_TYPE, _columns, Frames.take, concat_frames)
         self.batch_reads = self._batch.problem is None
         """False when polars cannot read this schema's frames (then every message is decoded
         one by one), so that a batch is not read in halves down to single messages."""
-        if self._batch.problem is not None:
-            log.warning(
-                "telemetry frames decode one by one, not in batches: %s", self._batch.problem
-            )
 
     def decode(self, values: list[bytes | None]) -> DecodedFrames:
         """The frames of a batch of message values, and why each other message is none."""
@@ -90,7 +83,7 @@ class FrameDecoder:
             decoded_rows.append(i)
         if records or not parts:
             parts.append((decoded_rows, Frames.from_records(records)))
-        frames, rows = merge(parts)
+        frames, rows = self._batch.merge(parts)
         return DecodedFrames(frames, rows, errors)
 
 
@@ -164,8 +157,18 @@ def encode_states(serde: AvroSerde, states: States, topic: str | None = None) ->
     """Message values of state estimates, byte-identical to
     `serde.encode("state_estimate", states.record(i), topic=topic)` for every i."""
     header = serde.header("state_estimate", topic)
+    head, items = state_columns(states)
+    head.insert(0, Pieces(np.zeros(len(states), dtype=np.int64), [header]))
+    return write_bodies(head, states.bounds, items).split()
+
+
+def state_columns(
+    states: States, signal: Column | None = None
+) -> tuple[list[Column], list[Column]]:
+    """The fields of state_estimate bodies: those before the signals array, and those of its
+    items (`signal`: the signal names already as a column, else made from `states.signal`).
+    A NaN innovation or nis is written as null."""
     head: list[Column] = [
-        Pieces(np.zeros(len(states), dtype=np.int64), [header]),
         strings(states.asset_id),
         strings(states.source_id),
         Longs(states.seq),
@@ -173,7 +176,7 @@ def encode_states(serde: AvroSerde, states: States, topic: str | None = None) ->
         Longs(states.ingest_us),
     ]
     items: list[Column] = [
-        strings(states.signal),
+        strings(states.signal) if signal is None else signal,
         Doubles(states.value),
         Doubles(states.rate),
         Doubles(states.variance),
@@ -183,7 +186,7 @@ def encode_states(serde: AvroSerde, states: States, topic: str | None = None) ->
         Booleans(states.outlier),
         Booleans(states.measured),
     ]
-    return write_bodies(head, states.bounds, items).split()
+    return head, items
 
 
 def _qualities(codes: Any, record_type: str) -> Pieces:

@@ -18,7 +18,6 @@ why a message cannot be read.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,12 +25,10 @@ import numpy.typing as npt
 
 from pipeline.errors import SerdeError
 from pipeline.serde.avro import AvroSerde
-from pipeline.serde.batch_read import BatchRead, merge, no_datetime, read_columns
+from pipeline.serde.batch_read import BatchRead, no_datetime, read_columns
 from pipeline.serde.columnar import flags_piece
 from pipeline.serde.varint import Bodies, Longs, Pieces, write_bodies
-from pipeline.stages.frames import FLAGS, Frames
-
-log = logging.getLogger(__name__)
+from pipeline.stages.frames import FLAGS, Frames, concat_frames
 
 VALIDATED_TYPE = "validated_frame"
 _NO_MASK = 1 << len(FLAGS)  # stands for every sum of flag bits that is no mask
@@ -54,21 +51,17 @@ class ValidatedDecoder:
 
     def __init__(self, serde: AvroSerde) -> None:
         self.serde = serde
-        self._batch = BatchRead(serde, VALIDATED_TYPE, _columns)
+        self._batch = BatchRead(serde, VALIDATED_TYPE, _columns, Frames.take, concat_frames)
         self.batch_reads = self._batch.problem is None
         """False when polars cannot read this schema's frames: then every message is left
         to be decoded one by one."""
-        if self._batch.problem is not None:
-            log.warning(
-                "validated frames decode one by one, not in batches: %s", self._batch.problem
-            )
 
     def decode(self, values: list[bytes | None]) -> DecodedValidated:
         """The validated frames of a batch of message values that read as columns."""
         parts, left = self._batch.read(values, self.batch_reads)
         if not parts:
             return DecodedValidated(_no_frames(), [], left)
-        frames, rows = merge(parts)
+        frames, rows = self._batch.merge(parts)
         return DecodedValidated(frames, rows, left)
 
 

@@ -9,10 +9,11 @@ committed. Messages that cannot be decoded are counted, logged with topic, parti
 offset, and skipped (their offsets are committed with the next flush): bad data ends up on
 the dead-letter topic, which the sink stores, so re-reading it forever helps no one.
 
-The validated frames of a consume batch are decoded together, as columns
-(`pipeline.serde.validated`), and their rows built as one arrow table
-(`rows.readings_table`), the same rows as one by one; every other message, and every frame
-the columnar read cannot vouch for, is decoded and appended one by one.
+The validated frames and the state estimates of a consume batch are decoded together, as
+columns (`pipeline.serde.validated`, `pipeline.serde.states`), and their rows built as one
+arrow table per kind (`rows.readings_table`, `rows.states_table`), the same rows as one by
+one; every other message, and every record the columnar read cannot vouch for, is decoded
+and appended one by one.
 
 Partitions come from the consumer group `twinline-sink` (`subscribe`, several sink
 processes share the topics) or are all assigned to this one process (`assign`, offsets are
@@ -29,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -39,11 +41,13 @@ from confluent_kafka import OFFSET_STORED, Consumer, KafkaError, KafkaException,
 from pipeline.errors import KafkaUnavailable, SerdeError, TwinError
 from pipeline.kafka.clients import consumer as kafka_consumer
 from pipeline.serde import AvroSerde
+from pipeline.serde.states import StatesDecoder
 from pipeline.serde.validated import ValidatedDecoder
 from pipeline.settings import Settings
 from pipeline.sink import metrics
-from pipeline.sink.rows import MAPPINGS, readings_table
+from pipeline.sink.rows import MAPPINGS, readings_table, states_table
 from pipeline.sink.writer import ClickHouseSink, FlushResult, SinkBackpressure
+from pipeline.stages.frames import Ints
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,7 @@ class SinkProcess:
         self._joined = options.mode == "assign"
         self._records: Counter[str] = Counter()
         self._validated = ValidatedDecoder(serde)
+        self._states = StatesDecoder(serde)
         self.summary = SinkSummary(mode=options.mode)
 
     def stop(self) -> None:
@@ -204,41 +209,44 @@ class SinkProcess:
 
     def _take_batch(self, messages: list[Any], now: float) -> None:
         """Take a consume batch in message order, flushing when due. The validated frames
-        among the messages are decoded together as columns and their rows added as runs of
-        consecutive messages of one topic (`rows.readings_table`: the rows `_take` would
-        add); every other message, and every frame the columnar read leaves out, goes
-        through `_take` one by one."""
+        and the state estimates among the messages are decoded together as columns, and
+        their rows added as runs of consecutive messages of one topic and one kind
+        (`rows.readings_table`, `rows.states_table`: the rows `_take` would add); a run ends
+        with the message that brings the buffer to max_rows, where a flush follows as it
+        would after `_take`. Every other message, and every record the columnar read leaves
+        out, goes through `_take` one by one."""
         values = [m.value() if m.error() is None else None for m in messages]
-        decoded = self._validated.decode(values)
-        taken = [messages[k] for k in decoded.rows]
-        run = _Run(
-            table=readings_table(
-                decoded.frames,
-                [m.topic() for m in taken],
-                np.array([m.partition() for m in taken], dtype=np.int64),
-                np.array([m.offset() for m in taken], dtype=np.int64),
-            ),
-            messages=taken,
-            bounds=decoded.frames.bounds.tolist(),
-        )
-        rows, nxt = decoded.rows, 0
-        for k, message in enumerate(messages):
-            if nxt < len(rows) and rows[nxt] == k:
-                if run.start < nxt and message.topic() != taken[run.start].topic():
-                    self._add_run(run, nxt, now)
-                nxt += 1
-                if self.sink.open_rows + run.rows(nxt) >= self.sink.max_rows:
-                    self._add_run(run, nxt, now)
+        frames = self._validated.decode(values)
+        states = self._states.decode(values)
+        runs = [
+            _Run.of("validated_frame", messages, frames.rows, frames.frames.bounds,
+                    partial(readings_table, frames.frames)),
+            _Run.of("state_estimate", messages, states.rows, states.states.bounds,
+                    partial(states_table, states.states)),
+        ]  # fmt: skip
+        run_of: list[_Run | None] = [None] * len(messages)
+        for kind in runs:
+            for k in kind.rows:
+                run_of[k] = kind
+        last: _Run | None = None
+        for message, run in zip(messages, run_of, strict=True):
+            if last is not None and (run is not last or not last.continues(message)):
+                self._add_run(last, now)
+            last = run
+            if run is None:
+                self._take(message)
+                if self.sink.due(now):  # keeps batches near max_rows
+                    self._flush_and_commit()
                 continue
-            self._add_run(run, nxt, now)
-            self._take(message)
-            if self.sink.due(now):  # keeps batches near max_rows
-                self._flush_and_commit()
-        self._add_run(run, nxt, now)
+            run.end += 1
+            if self.sink.open_rows + run.pending_rows() >= self.sink.max_rows:
+                self._add_run(run, now)
+        if last is not None:
+            self._add_run(last, now)
 
-    def _add_run(self, run: _Run, end: int, now: float) -> None:
-        """Add the rows of the run's frames up to `end` (then flush if due)."""
-        start = run.start
+    def _add_run(self, run: _Run, now: float) -> None:
+        """Add the rows of the run's records taken but not added yet (then flush if due)."""
+        start, end = run.start, run.end
         if start >= end:
             return
         run.start = end
@@ -246,7 +254,7 @@ class SinkProcess:
         first = run.bounds[start]
         self.sink.add_table(
             topic,
-            "validated_frame",
+            run.record_type,
             run.table.slice(first, run.bounds[end] - first),
             [(m.partition(), m.offset()) for m in run.messages[start:end]],
         )
@@ -389,20 +397,48 @@ class SinkProcess:
 
 @dataclass
 class _Run:
-    """The rows of the validated frames of a consume batch, added run by run."""
+    """The rows of the records of one kind (validated frames, state estimates) decoded as
+    columns from a consume batch, added run by run."""
 
+    record_type: str
     table: pa.Table
-    """Every frame's rows (`rows.readings_table`)."""
+    """Every record's rows (`rows.readings_table`, `rows.states_table`)."""
     messages: list[Any]
-    """The message of every frame."""
+    """The message of every record."""
+    rows: list[int]
+    """The index of every record's message in the consume batch."""
     bounds: list[int]
-    """Frame i's rows are table rows bounds[i]:bounds[i + 1]."""
+    """Record i's rows are table rows bounds[i]:bounds[i + 1]."""
     start: int = 0
-    """The first frame not added yet."""
+    """The first record not added yet."""
+    end: int = 0
+    """The first record not taken yet (records start:end wait to be added)."""
 
-    def rows(self, end: int) -> int:
-        """Rows of the frames from `start` up to `end`."""
-        return self.bounds[end] - self.bounds[self.start]
+    @classmethod
+    def of(
+        cls,
+        record_type: str,
+        batch: list[Any],
+        rows: list[int],
+        bounds: Ints,
+        table: Callable[[list[str], Ints, Ints], pa.Table],
+    ) -> _Run:
+        """The run of the records read from batch[rows[i]]; `table` builds their rows from
+        the topic, partition and offset of each record's message."""
+        messages = [batch[k] for k in rows]
+        partitions = np.array([m.partition() for m in messages], dtype=np.int64)
+        offsets = np.array([m.offset() for m in messages], dtype=np.int64)
+        rows_table = table([m.topic() for m in messages], partitions, offsets)
+        return cls(record_type, rows_table, messages, rows, bounds.tolist())
+
+    def pending_rows(self) -> int:
+        """Rows of the records taken but not added yet."""
+        return self.bounds[self.end] - self.bounds[self.start]
+
+    def continues(self, message: Any) -> bool:
+        """Whether the run's next record, from `message`, may join the records waiting to
+        be added (none wait, or they are of the same topic)."""
+        return self.start == self.end or self.messages[self.start].topic() == message.topic()
 
 
 def _names(partitions: list[TopicPartition]) -> str:

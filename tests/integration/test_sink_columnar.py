@@ -14,7 +14,7 @@ from pipeline.serde import AvroSerde
 from pipeline.settings import Settings
 from pipeline.sink import ClickHouseSink, FlushResult, TableRows
 from pipeline.sink.consumer import SinkOptions, SinkProcess, sink_consumer
-from pipeline.sink.rows import READINGS, append_readings
+from pipeline.sink.rows import MAPPINGS, READINGS, Mapping, TableSpec
 from pipeline.stages.frames import QUALITIES
 from tests.integration.test_sink_clickhouse import frame
 from tests.integration.test_sink_kafka import PARTITIONS, committed, db, publish, site
@@ -81,31 +81,44 @@ def test_validated_frames_are_stored_as_one_by_one_and_a_corrupt_one_skipped(
     assert max(sink.flushed) < MAX_ROWS + LARGEST
     assert len(sink.flushed) >= total // (MAX_ROWS + LARGEST)
 
-    # The same messages, read back and turned into rows one by one.
-    reader = sink_consumer(settings, "columnar-check")
-    reader.subscribe([valid])
-    want = TableRows(READINGS)
+    expected = read_back(settings, valid, FRAMES + 1, MAPPINGS["validated_frame"], corrupt)
+    got = stored_rows(db, READINGS)
+    assert got.num_rows == expected.num_rows == total
+    same_tables(got, expected)
+
+
+ORDER = ["origin_partition", "origin_offset", "signal"]
+"""The order rows are compared in."""
+
+
+def read_back(
+    settings: Settings, topic: str, count: int, mapping: Mapping, skip: bytes
+) -> pa.Table:
+    """The rows of the `count` messages of `topic` read back from the broker and turned into
+    rows one by one (the message whose value is `skip` left out), in ORDER."""
+    serde = AvroSerde.local()
+    reader = sink_consumer(settings, f"columnar-check-{topic}")
+    reader.subscribe([topic])
+    want = TableRows(mapping.table)
     seen = 0
     try:
-        while seen < FRAMES + 1:
+        while seen < count:
             for message in reader.consume(500, timeout=1.0):
                 if message.error() is not None:
                     continue
                 seen += 1
-                if message.value() == corrupt:
+                if message.value() == skip:
                     continue
                 record = serde.decode(message.value()).record
-                append_readings(want, record, valid, message.partition(), message.offset())
+                mapping.append(want, record, topic, message.partition(), message.offset())
     finally:
         reader.close()
-    order = ["origin_partition", "origin_offset", "signal"]
-    names = READINGS.column_names
-    got = db.query_arrow(f"SELECT {', '.join(names)} FROM readings ORDER BY {', '.join(order)}")
-    expected = want.arrow().sort_by([(name, "ascending") for name in order])
-    assert got.num_rows == expected.num_rows == total
-    same_tables(_as(got, expected.schema), expected)
+    return want.arrow().sort_by([(name, "ascending") for name in ORDER])
 
 
-def _as(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """ClickHouse's arrow types (LowCardinality, DateTime64) as the sink's."""
-    return pa.table([table.column(f.name).cast(f.type) for f in schema], schema=schema)
+def stored_rows(db: Client, spec: TableSpec) -> pa.Table:
+    """The rows of a table in ClickHouse, in ORDER, with the sink's arrow types (not
+    ClickHouse's LowCardinality, DateTime64)."""
+    names = ", ".join(spec.column_names)
+    got = db.query_arrow(f"SELECT {names} FROM {spec.name} ORDER BY {', '.join(ORDER)}")
+    return pa.table([got.column(f.name).cast(f.type) for f in spec.schema], schema=spec.schema)

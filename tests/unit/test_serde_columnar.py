@@ -348,18 +348,27 @@ def test_a_batch_of_bodies_encoded_otherwise_decodes_all_the_same(
     assert got.rows == list(range(60))
 
 
+def newer_serde(tmp_path: Path, record_type: str, site_id: bool = True) -> AvroSerde:
+    """A serde whose catalog holds a v2 of `record_type`: v1 with a `site_id` field more, or
+    (`site_id` False) v1 with another doc, the same fields."""
+    root = tmp_path / "avro"
+    shutil.copytree(DEFAULT_ROOT, root)
+    schema: dict[str, Any] = json.loads((root / record_type / "v1.avsc").read_text())
+    if site_id:
+        schema["fields"].append(
+            {"name": "site_id", "type": "string", "default": "unknown", "doc": "Site of the asset."}
+        )
+    else:
+        schema["doc"] += " Version 2."
+    (root / record_type / "v2.avsc").write_text(json.dumps(schema, indent=2))
+    record_new_versions(root)
+    return AvroSerde.local(SchemaCatalog.load(root))
+
+
 def test_older_versions_and_frames_with_unknown_fields_decode_one_by_one(
     tmp_path: Path, serde: AvroSerde
 ) -> None:
-    root = tmp_path / "avro"
-    shutil.copytree(DEFAULT_ROOT, root)
-    schema: dict[str, Any] = json.loads((root / "telemetry_frame" / "v1.avsc").read_text())
-    schema["fields"].append(
-        {"name": "site_id", "type": "string", "default": "unknown", "doc": "Site of the asset."}
-    )
-    (root / "telemetry_frame" / "v2.avsc").write_text(json.dumps(schema, indent=2))
-    record_new_versions(root)
-    newer = AvroSerde.local(SchemaCatalog.load(root))
+    newer = newer_serde(tmp_path, "telemetry_frame")
     rng = random.Random(8)
     values: list[bytes | None] = []
     for k in range(6):

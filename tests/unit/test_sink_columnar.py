@@ -82,12 +82,14 @@ def message(value: bytes | None, offset: int, topic: str = VALID, partition: int
 
 
 def same_tables(got: pa.Table, want: pa.Table) -> None:
-    """Same columns, types and rows in the same order; floats compared by their bits."""
+    """Same columns, types and rows in the same order; floats compared by their bits, and
+    where they are null."""
     assert got.schema == want.schema
     assert got.num_rows == want.num_rows
     for name in got.column_names:
         left, right = got.column(name), want.column(name)
         if left.type == pa.float64():
+            assert left.is_null().to_pylist() == right.is_null().to_pylist(), name
             bits = [c.to_numpy(zero_copy_only=False).view(np.uint64) for c in (left, right)]
             assert np.array_equal(*bits), name
         else:
@@ -101,20 +103,24 @@ def one_by_one(serde: AvroSerde, values: list[bytes], topic: str = VALID) -> pa.
     return rows.arrow()
 
 
-def unflushed_process(serde: AvroSerde) -> SinkProcess:
-    """A sink process whose buffer never comes due (nothing is inserted, no consumer is
-    asked for anything)."""
-    sink = ClickHouseSink(cast(Client, None), max_rows=10**9, max_delay_s=1e9)
-    options = SinkOptions(topics=(VALID, STATE))
-    return SinkProcess(cast(Consumer, None), sink, serde, options)
+def unflushed_process(
+    serde: AvroSerde, max_rows: int = 10**9, kind: type[SinkProcess] = SinkProcess
+) -> SinkProcess:
+    """A sink process whose buffer comes due by rows only: never, by default (nothing is
+    inserted, no consumer is asked for anything)."""
+    sink = ClickHouseSink(cast(Client, None), max_rows=max_rows, max_delay_s=1e9)
+    options = SinkOptions(topics=(VALID, STATE), max_rows=max_rows)
+    return kind(cast(Consumer, None), sink, serde, options)
 
 
 def stored(process: SinkProcess) -> dict[Any, Any]:
-    """What the process buffered: rows per (table, topic) and offsets per topic."""
+    """What the process buffered: rows per (table, topic), offsets and insert tokens per
+    topic."""
     batch = process.sink._open
     return {
         "tables": {key: rows.arrow() for key, rows in batch.tables.items()},
         "ranges": batch.ranges,
+        "tokens": {topic: batch.token(topic) for topic in batch.ranges},
         "offsets": batch.offsets(),
         "rows": batch.rows,
         "records": dict(process._records),
@@ -126,7 +132,7 @@ def same_stored(got: dict[Any, Any], want: dict[Any, Any]) -> None:
     assert got["tables"].keys() == want["tables"].keys()
     for key, table in got["tables"].items():
         same_tables(table, want["tables"][key])
-    for name in ("ranges", "offsets", "rows", "records", "undecodable"):
+    for name in ("ranges", "tokens", "offsets", "rows", "records", "undecodable"):
         assert got[name] == want[name], name
 
 
