@@ -26,15 +26,9 @@ from pipeline.serde.avro import AvroSerde
 from pipeline.serde.batch_read import BatchRead, no_datetime, read_items
 from pipeline.serde.columnar import state_columns
 from pipeline.serde.varint import Bodies, write_bodies
-from pipeline.stages.frames import Ints, States, concat_states
+from pipeline.stages.frames import States, concat_states
 
 STATE_TYPE = "state_estimate"
-# States columns with a row per estimate, and those with a row per signal of an estimate.
-_PER_ESTIMATE = ("seq", "ts_us", "ingest_us")
-_PER_SIGNAL = (
-    "signal", "value", "rate", "variance", "rate_variance", "innovation", "nis", "outlier",
-    "measured",
-)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -54,7 +48,7 @@ class StatesDecoder:
 
     def __init__(self, serde: AvroSerde) -> None:
         self.serde = serde
-        self._batch = BatchRead(serde, STATE_TYPE, _columns, take_states, concat_states)
+        self._batch = BatchRead(serde, STATE_TYPE, _columns, States.take, concat_states)
         self.batch_reads = self._batch.problem is None
         """False when polars cannot read this schema's estimates: then every message is left
         to be decoded one by one."""
@@ -66,27 +60,6 @@ class StatesDecoder:
             return DecodedStates(concat_states([]), [], left)
         states, rows = self._batch.merge(parts)
         return DecodedStates(states, rows, left)
-
-
-def take_states(states: States, rows: Ints) -> States:
-    """The estimates at `rows` (row indices, in that order) as a new batch."""
-    rows = np.asarray(rows, dtype=np.int64)
-    counts = np.diff(states.bounds)[rows]
-    bounds = np.zeros(rows.size + 1, dtype=np.int64)
-    np.cumsum(counts, out=bounds[1:])
-    # Signal row p of the new batch, of its estimate k, is row p - bounds[k] of that
-    # estimate's signals in the old one.
-    picks = np.arange(int(bounds[-1]), dtype=np.int64) + np.repeat(
-        states.bounds[:-1][rows] - bounds[:-1], counts
-    )
-    picked = rows.tolist()
-    return States(
-        asset_id=[states.asset_id[i] for i in picked],
-        source_id=[states.source_id[i] for i in picked],
-        bounds=bounds,
-        **{name: getattr(states, name)[rows] for name in _PER_ESTIMATE},
-        **{name: getattr(states, name)[picks] for name in _PER_SIGNAL},
-    )
 
 
 def _columns(data: bytes, count: int) -> tuple[States, Bodies, npt.NDArray[np.bool_]]:

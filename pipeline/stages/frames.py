@@ -113,14 +113,7 @@ class Frames:
 
     def take(self, rows: Ints | list[int]) -> Frames:
         """The frames at `rows` (frame indices, in that order) as a new batch."""
-        rows = np.asarray(rows, dtype=np.int64)
-        counts = self.counts()[rows]
-        bounds = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(counts, out=bounds[1:])
-        starts = self.bounds[:-1][rows]
-        # Reading rows of the chosen frames: each frame's start plus 0..count-1.
-        within = np.arange(int(bounds[-1]), dtype=np.int64) - np.repeat(bounds[:-1], counts)
-        picks = np.repeat(starts, counts) + within
+        rows, bounds, picks = _picked(self.bounds, rows)
         return Frames(
             asset_id=[self.asset_id[i] for i in rows.tolist()],
             source_id=[self.source_id[i] for i in rows.tolist()],
@@ -201,6 +194,20 @@ class Frames:
         return record
 
 
+def _picked(old_bounds: Ints, rows: Ints | list[int]) -> tuple[Ints, Ints, Ints]:
+    """For a batch whose item i has rows old_bounds[i]:old_bounds[i + 1] (readings of a
+    frame, signals of an estimate), the items at `rows`: (rows as an array, the new batch's
+    bounds, the old row of every row of the new batch)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    counts = np.diff(old_bounds)[rows]
+    bounds = np.zeros(rows.size + 1, dtype=np.int64)
+    np.cumsum(counts, out=bounds[1:])
+    # Each chosen item's start plus 0..count-1.
+    within = np.arange(int(bounds[-1]), dtype=np.int64) - np.repeat(bounds[:-1], counts)
+    picks = np.repeat(old_bounds[:-1][rows], counts) + within
+    return rows, bounds, picks
+
+
 def micros(when: datetime | int) -> int:
     """Microseconds since the epoch of an aware datetime, or an int taken as such."""
     return when if isinstance(when, int) else to_micros(when)
@@ -236,6 +243,28 @@ class States:
 
     def __len__(self) -> int:
         return len(self.asset_id)
+
+    def take(self, rows: Ints | list[int]) -> States:
+        """The estimates at `rows` (row indices, in that order) as a new batch."""
+        rows, bounds, picks = _picked(self.bounds, rows)
+        picked = rows.tolist()
+        return States(
+            asset_id=[self.asset_id[i] for i in picked],
+            source_id=[self.source_id[i] for i in picked],
+            seq=self.seq[rows],
+            ts_us=self.ts_us[rows],
+            ingest_us=self.ingest_us[rows],
+            bounds=bounds,
+            signal=self.signal[picks],
+            value=self.value[picks],
+            rate=self.rate[picks],
+            variance=self.variance[picks],
+            rate_variance=self.rate_variance[picks],
+            innovation=self.innovation[picks],
+            nis=self.nis[picks],
+            outlier=self.outlier[picks],
+            measured=self.measured[picks],
+        )
 
     def record(self, i: int) -> dict[str, Any]:
         """Frame i's state_estimate as a dict record (timestamps as aware datetimes)."""

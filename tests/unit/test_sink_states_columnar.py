@@ -18,7 +18,7 @@ from pipeline.errors import SerdeError
 from pipeline.serde import AvroSerde, SchemaCatalog
 from pipeline.serde.columnar import encode_states
 from pipeline.serde.examples import example
-from pipeline.serde.states import StatesDecoder, take_states
+from pipeline.serde.states import StatesDecoder
 from pipeline.sink import TableRows
 from pipeline.sink.consumer import SinkProcess
 from pipeline.sink.rows import STATES, append_states, states_table
@@ -193,12 +193,12 @@ def test_states_are_taken_and_joined_in_any_order() -> None:
     rng = random.Random(9)
     states = random_states(rng, 12)
     rows = np.array([11, 0, 5, 5, 3], dtype=np.int64)
-    taken = take_states(states, rows)
+    taken = states.take(rows)
     want = [states.record(i) for i in rows.tolist()]
     same_tables(table_of(taken), one_by_one(want))
-    joined = concat_states([take_states(states, rows[:2]), take_states(states, rows[2:])])
+    joined = concat_states([states.take(rows[:2]), states.take(rows[2:])])
     same_tables(table_of(joined), one_by_one(want))
-    assert len(take_states(states, np.zeros(0, dtype=np.int64))) == 0
+    assert len(states.take(np.zeros(0, dtype=np.int64))) == 0
 
 
 # -- the sink loop ----------------------------------------------------------------------------
