@@ -37,7 +37,6 @@ from pipeline.stages.kpi_batch import (
     KpiFrameError,
     ReadingGroups,
     SignalIndex,
-    new_series,
     pane_for,
     unusable_mask,
 )
@@ -148,7 +147,7 @@ class KpiWindows:
                 late_from = ts
             values = pane.values.get(signal)
             if values is None:
-                values = new_series(pane, signal, timed)
+                values = pane.new_series(signal, timed)
             values.append(value)
             if timed and signal in timed:
                 pane.times[signal].append(ts)

@@ -56,6 +56,15 @@ class Pane:
     times: dict[str, list[int]] = field(default_factory=dict)
     """Per state/counter signal, the event times, parallel to `values`."""
 
+    def new_series(self, signal: str, timed: frozenset[str]) -> list[float]:
+        """The (new, empty) value list of a signal the pane has no readings of yet, with a
+        time list beside it for a signal in `timed` (state and counter signals)."""
+        values: list[float] = []
+        self.values[signal] = values
+        if signal in timed:
+            self.times[signal] = []
+        return values
+
 
 @dataclass(frozen=True, slots=True)
 class SignalStats:
@@ -162,9 +171,7 @@ class KpiAggregator:
         """Add one usable reading to its pane (the stage inlines this for whole frames)."""
         values = pane.values.get(signal)
         if values is None:
-            values = pane.values[signal] = []
-            if signal in self.timed:
-                pane.times[signal] = []
+            values = pane.new_series(signal, self.timed)
         values.append(value)
         if signal in self.timed:
             pane.times[signal].append(ts)

@@ -57,16 +57,6 @@ def pane_for(
     return pane, is_late
 
 
-def new_series(pane: Pane, signal: str, timed: frozenset[str]) -> list[float]:
-    """The pane's (new, empty) value list of a signal it has no readings of yet, with a time
-    list beside it for a state or counter signal."""
-    values: list[float] = []
-    pane.values[signal] = values
-    if signal in timed:
-        pane.times[signal] = []
-    return values
-
-
 class SignalIndex:
     """Which signals each asset of a site has, as an (asset, signal name) table."""
 
@@ -218,7 +208,7 @@ class ReadingGroups:
             signal = signal_at[g]
             values = pane.values.get(signal)
             if values is None:
-                values = new_series(pane, signal, timed)
+                values = pane.new_series(signal, timed)
             values.extend(values_at[lo:hi])
             if signal in timed:
                 pane.times[signal].extend(times_at[lo:hi])
