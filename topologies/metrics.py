@@ -4,7 +4,8 @@ Per stage (validate, estimate, anomaly, kpi): frames in and out, readings in and
 letters by reason, readings by validation flag, KPI readings left out and windows emitted;
 anomalous scores; alert events by transition, updates dropped by the rate limit and raises
 held back by the re-raise holdoff; per batch:
-processing time and size; per partition of telemetry.raw: consumer lag. The counts come
+processing time and size; how far log time is behind the wall clock (`log_time`); per
+partition of telemetry.raw: consumer lag. The counts come
 from the stages' own `stats` (Validator.stats, KpiWindows.stats) where a stage keeps them,
 so nothing is counted twice; `StageMetrics.observe` turns their growth since the last batch
 into counter increments (a stage replaced by `FrameProcessor.reset()` starts from zero).
@@ -72,6 +73,11 @@ BATCH_MESSAGES = Histogram(
     "Messages per batch",
     buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000),
 )
+LOG_BEHIND = Gauge(
+    "twin_worker_log_behind_seconds",
+    "How far the log time that processing-time rules (stale alerts, KPI idle timeouts) use is "
+    "behind the wall clock: 0 at the head of the log, else the age of the frames being read",
+)
 CONSUMER_LAG = Gauge(
     "twin_worker_consumer_lag",
     "Messages between the last committed offset and the partition's high watermark",
@@ -97,6 +103,7 @@ class StageMetrics:
         if seconds is not None:
             BATCH_SECONDS.observe(seconds)
             BATCH_MESSAGES.observe(messages)
+        LOG_BEHIND.set(processor.behind_s())
         validate = self._growth("validate", processor.validator, _validate_counts(processor))
         dead = {k[len("dead:") :]: v for k, v in validate.items() if k.startswith("dead:")}
         FRAMES_IN.labels(stage="validate").inc(validate["frames"] + dead.get("undecodable", 0))

@@ -9,7 +9,10 @@ decode -> validate -> (telemetry.valid, telemetry.deadletter)
 The anomaly stage scores every state estimate. The alert stage hears the validated frame
 (stale sensors), the state estimate (thresholds on the filtered level), the anomaly score
 and every KPI window (KPI floors); `tick` closes idle windows and raises
-stale alerts of assets that stopped sending.
+stale alerts of assets that stopped sending. Both judge silence in log time
+(`pipeline.stages.log_time`), which the processor keeps from the ingest times of the frames
+it reads from each partition: a worker catching up on a backlog raises no stale alert for
+frames that are only late.
 
 The Faust topology (`topologies/agents.py`) hands each batch of `telemetry.raw` messages to
 `FrameProcessor.process`, sends the returned outputs, and persists `snapshot_asset(asset)` of
@@ -36,10 +39,11 @@ from pipeline.site import Site
 from pipeline.stages.alerts import AlertEngine
 from pipeline.stages.alerts_times import FrameTimes, frame_times
 from pipeline.stages.anomaly import AnomalyDetector
-from pipeline.stages.common import Origin
+from pipeline.stages.common import Origin, to_micros
 from pipeline.stages.estimate import Estimator
 from pipeline.stages.frames import Frames, States, concat_frames, concat_states
 from pipeline.stages.kpi import KpiFrameError, KpiWindows
+from pipeline.stages.log_time import LogClock
 from pipeline.stages.validate import ValidatedBatch, Validator
 
 log = logging.getLogger(__name__)
@@ -121,9 +125,10 @@ class FrameProcessor:
         `load_state` as frames arrive."""
         self.validator = Validator(self.site)
         self.estimator = Estimator(self.site)
-        self.kpi = KpiWindows(self.site)
+        self.log = LogClock()
+        self.kpi = KpiWindows(self.site, log=self.log)
         self.anomaly = AnomalyDetector(self.site)
-        self.alerts = AlertEngine(self.site)
+        self.alerts = AlertEngine(self.site, log=self.log)
         self._loaded: set[str] = set()
 
     def process(self, messages: Iterable[RawMessage]) -> BatchResult:
@@ -146,6 +151,7 @@ class FrameProcessor:
         if not len(decoded.frames):
             return result
         sources = [batch[row] for row in decoded.rows]
+        self._heard(decoded.frames, sources, now)
         for asset_id in dict.fromkeys(decoded.frames.asset_id):
             self._ensure_loaded(asset_id)
         valid, sources = self._validate(decoded.frames, sources, now, result)
@@ -168,6 +174,17 @@ class FrameProcessor:
                 del result.outputs[mark:]
                 self._failed(message, exc, now, result)
         return result
+
+    def _heard(self, frames: Frames, sources: list[RawMessage], now: datetime) -> None:
+        """Move the log clock on with the newest ingest time read from each partition."""
+        newest: dict[tuple[str, int], int] = {}
+        for message, ingest_us in zip(sources, frames.ingest_us.tolist(), strict=True):
+            where = (message.topic, message.partition)
+            if ingest_us > newest.get(where, ingest_us - 1):
+                newest[where] = ingest_us
+        now_us = to_micros(now)
+        for where, ingest_us in newest.items():
+            self.log.heard(where, ingest_us, now_us)
 
     def _validate(
         self, frames: Frames, sources: list[RawMessage], now: datetime, result: BatchResult
@@ -332,6 +349,10 @@ class FrameProcessor:
             result.alert_events[str(alert["event"])] += 1
             self._emit(result, "twin.alerts", asset_id.encode(), "alert_event", alert)
         return result
+
+    def behind_s(self) -> float:
+        """How far log time is behind the wall clock, in seconds (see `log_time`)."""
+        return self.log.behind(to_micros(self._clock())) / 1e6
 
     def snapshot(self, stage: str, asset_id: str) -> dict[str, Any] | None:
         return self._stage(stage).snapshot(asset_id)

@@ -44,6 +44,12 @@ of the model version, or of the rule's severity) are limited per asset to
 `max_events_per_minute` in processing time, which is what protects a consumer from a storm;
 suppressed ones are counted in `suppressed`. RAISED and CLEARED are never suppressed.
 
+Processing time, for the stale rules, the unwatched gap, the ticks and the rate limit, is
+the wall clock `now` the methods take, or, given a `LogClock`, the log time it makes of that
+(see `log_time`): a worker catching up on a backlog then judges silence as it would have
+live, rather than raising a stale alert for every asset whose frames the backlog spaces
+out. `emitted_ts` is always the wall clock.
+
 Event `ts` is the event time of the data that caused the transition (the state estimate's
 ts, the score's ts, the window's end; for stale alerts the asset's event time when the change
 was seen, see `alerts_stale`); `raised_ts` that of the RAISED; `emitted_ts` is `now`.
@@ -78,6 +84,7 @@ from pipeline.stages.alerts_stale import (
 from pipeline.stages.alerts_state import AssetAlerts, Timing
 from pipeline.stages.alerts_times import FrameTimes
 from pipeline.stages.common import from_micros, to_micros
+from pipeline.stages.log_time import LogClock, stage_time
 from pipeline.stages.ticks import DUE_NOW, TickSchedule
 
 __all__ = ["AlertCounters", "AlertEngine", "AlertError", "AlertSettings"]
@@ -115,8 +122,11 @@ class AlertEngine:
     Every method returns the alert_event records (dicts) it produced, in order.
     """
 
-    def __init__(self, site: Site, settings: AlertSettings | None = None) -> None:
+    def __init__(
+        self, site: Site, settings: AlertSettings | None = None, log: LogClock | None = None
+    ) -> None:
         self.site = site
+        self._log = log
         self.settings = settings if settings is not None else AlertSettings()
         self.counters = AlertCounters()
         self._assets: dict[str, AssetAlerts] = {}
@@ -194,7 +204,7 @@ class AlertEngine:
         scored = "anomaly_score" in rules.reads
         if not (frame or estimate or scored):
             return []
-        now_us = to_micros(now)
+        now_us = stage_time(self._log, now)
         alerts, out = self._open(asset, now_us)
         emit = self._emitter(asset, alerts, now, now_us)
         suppressed = self.counters.suppressed
@@ -221,8 +231,9 @@ class AlertEngine:
         return self._guard("kpi_window", window, now, self._on_kpi)
 
     def tick(self, now: datetime) -> list[dict[str, Any]]:
-        """Stale rules by processing time, for the assets where they can change something."""
-        now_us = to_micros(now)
+        """Stale rules by processing time, for the assets where they can change something.
+        (With a log clock, a tick while log time stands still takes no asset.)"""
+        now_us = stage_time(self._log, now)
         out: list[dict[str, Any]] = []
         for asset_id, skipped in self._ticks.tick(now_us):
             asset = self.site.get_asset(asset_id)
@@ -393,7 +404,7 @@ class AlertEngine:
             return []
         if record_type not in self._rules[asset.id].reads and asset.id not in self._unchecked:
             return []
-        now_us = to_micros(now)
+        now_us = stage_time(self._log, now)
         state, out = self._open(asset, now_us)
         emit = self._emitter(asset, state, now, now_us)
         try:

@@ -15,7 +15,9 @@ that is not counted and shows in `stats.readings_too_late`. `tick(now)` lets the
 of a source that has been silent for the idle timeout move on with processing time, so the
 windows of an asset that stopped sending still close. A tick looks only at the assets whose
 windows it can close (see `ticks`): its cost follows the windows it closes, not the number of
-assets.
+assets. Given a `LogClock`, processing time is the log time it makes of `now` (see
+`log_time`): a worker catching up on a backlog does not take an asset whose frames the
+backlog spaces out for a silent one. `emitted_ts` is always `now`.
 
     kpi = KpiWindows(site)
     records = kpi.add(validated_frame, now)   # windows closed or revised by this frame
@@ -30,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipeline.site import KpiSettings, Site
-from pipeline.stages.common import from_micros, to_micros
+from pipeline.stages.common import from_micros
 from pipeline.stages.frames import Frames
 from pipeline.stages.kpi_aggregate import KpiAggregator
 from pipeline.stages.kpi_batch import (
@@ -47,6 +49,7 @@ from pipeline.stages.kpi_windows import (
     WindowKey,
     WindowPlan,
 )
+from pipeline.stages.log_time import LogClock, stage_time
 from pipeline.stages.ticks import TickSchedule
 
 USABLE_FLAGS = frozenset({"OUT_OF_EXPECTED_RANGE", "OUT_OF_ORDER"})
@@ -80,8 +83,11 @@ class KpiStats:
 class KpiWindows:
     """Tumbling and hopping event-time windows of every asset of a site."""
 
-    def __init__(self, site: Site, settings: KpiSettings | None = None) -> None:
+    def __init__(
+        self, site: Site, settings: KpiSettings | None = None, log: LogClock | None = None
+    ) -> None:
         self.site = site
+        self._log = log
         self.settings = settings if settings is not None else site.kpi
         self.plan = WindowPlan(self.settings)
         self.watermarks = WatermarkPolicy.of(self.settings)
@@ -179,7 +185,7 @@ class KpiWindows:
     def tick(self, now: datetime) -> list[dict[str, Any]]:
         """Move the watermarks of sources silent for the idle timeout on with processing time;
         return the windows that closed. Looks only at the assets whose windows can close."""
-        now_us = to_micros(now)
+        now_us = stage_time(self._log, now)
         out: list[dict[str, Any]] = []
         for asset_id, skipped in self._ticks.tick(now_us):
             state = self._assets[asset_id]
@@ -288,7 +294,7 @@ class KpiWindows:
         stats.readings_unusable += counts[1]
         stats.readings_too_late += counts[2]
 
-        now_us = to_micros(now)
+        now_us = stage_time(self._log, now)
         if newest is not None:
             clock = state.clocks.get(source_id)
             if clock is None:

@@ -19,7 +19,8 @@ the effect of the ticks an asset skipped is that of the latest one alone (the st
 had nothing to do in any of them), and a stage applies it (`skipped`) before it looks at,
 reads or snapshots the asset's state. An irregular tick (the first, one that goes back in
 time, or one after a longer pause) takes every asset, so it does exactly what looking at
-every asset on every tick would have done.
+every asset on every tick would have done. A tick at the same time as the one before
+takes no asset.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class TickSchedule:
         None. Every asset returned counts as up to date with this tick and has no due time
         until the caller sets one."""
         last = self.last_us
+        if now_us == last:
+            return []  # time stood still (a log clock, see `log_time`): nothing can be due
         regular = (
             last is not None
             and last < now_us

@@ -3,12 +3,14 @@ by what the stages counted, dead letters by reason, and a reset stage is not cou
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from prometheus_client import REGISTRY
 
 from pipeline.serde import AvroSerde
 from pipeline.settings import DEFAULT_SITE
 from pipeline.site import load_site
-from tests.unit.test_processor import TOPIC, clock_after, raw_messages
+from tests.unit.test_processor import START, TOPIC, clock_after, raw_messages
 from topologies.metrics import StageMetrics
 from topologies.processor import FrameProcessor, RawMessage
 
@@ -94,3 +96,23 @@ def test_anomalies_and_alert_events_are_counted() -> None:
     assert sample("twin_anomaly_flagged_total") - flagged == sum(s["is_anomaly"] for s in scores)
     assert result.anomalies > 0
     assert sample("twin_alert_updates_suppressed_total") - suppressed == processor.alerts.suppressed
+
+
+def test_the_log_time_gauge_shows_how_far_behind_the_worker_reads() -> None:
+    site = load_site(DEFAULT_SITE)
+    serde = AvroSerde.local()
+    messages = raw_messages(site, serde, seconds=10)
+    wall = [START + timedelta(hours=1)]
+    processor = FrameProcessor(site, serde, clock=lambda: wall[0])
+    metrics = StageMetrics()
+    metrics.observe(processor, processor.process(messages[:10]))
+    first = sample("twin_worker_log_behind_seconds")
+    assert 3590 < first < 3600  # the frames were ingested an hour ago
+    # Reading on, the worker gains on the wall clock.
+    wall[0] += timedelta(seconds=1)
+    metrics.observe(processor, processor.process(messages[10:]))
+    assert first - 10 < sample("twin_worker_log_behind_seconds") < first
+    # A worker reading the frames as they come is at the head of the log.
+    live = FrameProcessor(site, serde, clock=lambda: START + timedelta(seconds=10.5))
+    metrics.observe(live, live.process(messages))
+    assert sample("twin_worker_log_behind_seconds") == 0

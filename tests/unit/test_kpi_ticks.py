@@ -13,8 +13,10 @@ import yaml
 
 from pipeline.bench.plant import BenchPlant, site_document
 from pipeline.site import Site, parse_site
+from pipeline.stages.common import to_micros
 from pipeline.stages.kpi import KpiWindows
 from pipeline.stages.kpi_state import AssetWindows
+from pipeline.stages.log_time import LogClock
 from pipeline.stages.ticks import DUE_NOW
 from tests.unit.test_kpi import at, demo_site, frame
 
@@ -175,3 +177,33 @@ def test_a_tick_looks_only_at_assets_whose_windows_it_can_close() -> None:
     # of the 49 ticks.
     assert {r["asset_id"] for r in closed} == set(ids[10:])
     assert kpi.stats.assets_ticked <= 3 * len(ids)
+
+
+def _slow_backlog(site: Site, log: LogClock | None) -> list[dict[str, Any]]:
+    """An hour-old backlog around a window end (cnc-01's data from 50 s to 64 s), read by
+    a swamped worker: a frame of cnc-01 every 40 s of wall clock, ticking every second, and
+    the frames of other assets of its partition in between."""
+    kpi = KpiWindows(site, log=log)
+    wall = at(3600)
+    out: list[dict[str, Any]] = []
+    for seq, t in enumerate(x / 2 for x in range(100, 129)):
+        out += kpi.add(frame("cnc-01", [("spindle_speed", t, 1000.0)], seq=seq), wall)
+        for _ in range(40):
+            if log is not None:
+                log.heard(0, to_micros(at(t)), to_micros(wall))
+            wall += timedelta(seconds=1)
+            out += kpi.tick(wall)
+    return [r for r in out if r["window_kind"] == "TUMBLING"]
+
+
+def test_with_a_log_clock_a_slowly_read_backlog_closes_no_window_by_idle_timeout(
+    site: Site,
+) -> None:
+    """By the wall clock the asset is silent for 40 s between frames, and its idle timeout
+    (30 s) closes the window before the data reaches its end. In log time the window closes
+    when the data passes its end (at 62 s: the out-of-orderness is 2 s)."""
+    first = at(0)
+    by_wall = [r for r in _slow_backlog(site, None) if r["window_start"] == first]
+    assert by_wall[0]["emitted_ts"] < at(3600 + 24 * 40)
+    by_log = [r for r in _slow_backlog(site, LogClock()) if r["window_start"] == first]
+    assert [(r["version"], r["emitted_ts"]) for r in by_log] == [(1, at(3600 + 24 * 40))]

@@ -3,6 +3,7 @@ KPI windows and dead letters, and a restart that resumes from the persisted stag
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -113,6 +114,82 @@ def test_plant_faults_raise_and_clear_alerts(site: Site) -> None:
         assert transitions[1::2] == ["CLEARED"] * len(transitions[1::2])
     # The healthy machines raise nothing.
     assert not {a["asset_id"] for a in alerts} & {"pump-03", "comp-01"}
+
+
+def test_a_backlog_read_slowly_raises_no_stale_alert_and_closes_no_window_early(
+    site: Site,
+) -> None:
+    """A worker ten minutes behind, swamped: it reads a frame every 2.1 s, so each asset's
+    frames come ~31 s apart by the wall clock, longer than any stale rule's `after` and the
+    KPI idle timeout. Measured in log time, no asset is silent; once the backlog is read
+    and nothing more comes, the silence counts."""
+    serde = AvroSerde.local()
+    messages = raw_messages(site, serde, seconds=10)
+    wall = [START + timedelta(minutes=10)]
+    processor = FrameProcessor(site, serde, clock=lambda: wall[0])
+    outputs: list[Output] = []
+    for message in messages:
+        outputs += processor.process([message]).outputs
+        for pause in (1.0, 1.1):
+            wall[0] += timedelta(seconds=pause)
+            outputs += processor.tick().outputs
+    alerts = decoded(serde, outputs, "twin.alerts")
+    assert [a for a in alerts if a["kind"] == "STALE"] == []
+    windows = decoded(serde, outputs, "twin.kpi")
+    assert {w["version"] for w in windows} <= {1}
+    assert processor.kpi.stats.readings_too_late == 0
+
+    # The backlog ends where the plant stopped sending: after the settle time its silence
+    # counts, and the stale rules raise.
+    after = []
+    for _ in range(40):
+        wall[0] += timedelta(seconds=1)
+        after += processor.tick().outputs
+    raised = decoded(serde, after, "twin.alerts")
+    stale_rules = {"cnc-stale", "utilities-stale", "conveyor-speed-stale"}
+    covered = {a.id for a in site.assets if {r.id for r in site.rules_for(a.id)} & stale_rules}
+    assert covered and {a["asset_id"] for a in raised if a["event"] == "RAISED"} == covered
+
+
+def _alerts_read(
+    site: Site, messages: list[RawMessage], wall_of: Callable[[datetime], datetime]
+) -> list[tuple[str, str, datetime]]:
+    """The alert events of the frames read a plant step at a time, the step ingested at
+    `ingest` read at wall clock `wall_of(ingest)`, with a tick every wall-clock second."""
+    serde = AvroSerde.local()
+    steps: dict[datetime, list[RawMessage]] = {}
+    for message in messages:
+        ingest = serde.decode(message.value or b"").record["ingest_ts"]
+        steps.setdefault(ingest, []).append(message)
+    wall = [wall_of(min(steps))]
+    processor = FrameProcessor(site, serde, clock=lambda: wall[0])
+    outputs: list[Output] = []
+    next_tick = wall[0]
+    for ingest, batch in steps.items():
+        wall[0] = wall_of(ingest)
+        outputs += processor.process(batch).outputs
+        while next_tick <= wall[0]:
+            outputs += processor.tick().outputs
+            next_tick += timedelta(seconds=1)
+    alerts = decoded(serde, outputs, "twin.alerts")
+    return [(a["alert_id"], a["event"], a["ts"]) for a in alerts]
+
+
+def test_a_backlog_replay_raises_the_stale_alerts_a_live_worker_raises(site: Site) -> None:
+    """The demo faults (a stuck sensor, a link lost) read live, and read from a backlog ten
+    minutes late at a third of the plant's pace: the same stale alerts, at the same event
+    time (within the half-second a live tick may come later)."""
+    messages = raw_messages(site, AvroSerde.local(), seconds=300, scenario="faults")
+    live = _alerts_read(site, messages, lambda ingest: ingest + timedelta(seconds=0.1))
+    replay = _alerts_read(
+        site, messages, lambda ingest: ingest + timedelta(minutes=10) + 2 * (ingest - START)
+    )
+    stale_live = [a for a in live if "stale" in a[0]]
+    stale_replay = [a for a in replay if "stale" in a[0]]
+    assert {a[0] for a in stale_live} >= {"cnc-01:cnc-stale", "pump-02:utilities-stale"}
+    assert [a[:2] for a in stale_replay] == [a[:2] for a in stale_live]
+    for (_, _, t_live), (_, _, t_replay) in zip(stale_live, stale_replay, strict=True):
+        assert abs((t_replay - t_live).total_seconds()) <= 0.5
 
 
 def test_undecodable_and_unknown_input_become_dead_letters_with_origin(site: Site) -> None:
