@@ -12,10 +12,12 @@ ingested `behind_us` or more before it was read. The worker's log time is the wa
 when no partition is behind; else the head of the partition furthest behind: it moves on
 only as the worker reads newer frames, so a replay judges silence as it would have been
 judged live, and an asset whose data sits in the backlog is not silent. A behind partition
-that delivered nothing for `settle_us` has been read to its end: from then on its time runs
-with the wall clock from its head (else a worker that read a backlog up to where its
-connectors died would never see them go silent; their stale alerts come `after` plus
-`settle_us` later). Log time never goes back: a worker that falls behind holds it where it
+that delivered nothing for `settle_us` has been read to its end: log time then takes the
+wall clock again (else a worker that read a backlog up to where its connectors died would
+never see them go silent). That jump is more than the alert stage's unwatched gap, so the
+silence of assets that stopped before it counts from the jump on: their stale alerts come
+`after` plus `settle_us` after the worker read the backlog's last frame. Log time never
+goes back: a worker that falls behind holds it where it
 was until the frames it reads are newer; one whose frames are again read as they come
 takes it forward to the wall clock.
 
@@ -66,8 +68,8 @@ class LogClock:
             return memo[1]
         log_us = now_us
         for head_us, read_us in self._heads.values():
-            if read_us - head_us >= self.behind_us:
-                log_us = min(log_us, head_us + max(0, now_us - read_us - self.settle_us))
+            if read_us - head_us >= self.behind_us and now_us - read_us < self.settle_us:
+                log_us = min(log_us, head_us)
         if self._heads:
             if self._last is not None and log_us < self._last:
                 log_us = self._last

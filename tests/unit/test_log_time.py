@@ -55,10 +55,11 @@ def test_a_partition_silent_for_the_settle_time_is_read_to_its_end() -> None:
     clock = LogClock()
     old = WALL - 3600 * S
     clock.heard(0, old, WALL)
-    assert clock.at(WALL + SETTLE_US) == old
+    assert clock.at(WALL + SETTLE_US - 1) == old
     # Nothing more came: the backlog ended where its connectors stopped, and from here
     # their silence counts, with the wall clock.
-    assert clock.at(WALL + SETTLE_US + 7 * S) == old + 7 * S
+    assert clock.at(WALL + SETTLE_US) == WALL + SETTLE_US
+    assert clock.at(WALL + SETTLE_US + 7 * S) == WALL + SETTLE_US + 7 * S
     # Frames read as they come take log time to the wall clock.
     clock.heard(0, WALL + 30 * S, WALL + 30 * S)
     assert clock.at(WALL + 30 * S) == WALL + 30 * S
