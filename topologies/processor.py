@@ -176,15 +176,10 @@ class FrameProcessor:
         return result
 
     def _heard(self, frames: Frames, sources: list[RawMessage], now: datetime) -> None:
-        """Move the log clock on with the newest ingest time read from each partition."""
-        newest: dict[tuple[str, int], int] = {}
-        for message, ingest_us in zip(sources, frames.ingest_us.tolist(), strict=True):
-            where = (message.topic, message.partition)
-            if ingest_us > newest.get(where, ingest_us - 1):
-                newest[where] = ingest_us
+        """Move the log clock on with the ingest time of each frame read."""
         now_us = to_micros(now)
-        for where, ingest_us in newest.items():
-            self.log.heard(where, ingest_us, now_us)
+        for message, ingest_us in zip(sources, frames.ingest_us.tolist(), strict=True):
+            self.log.heard((message.topic, message.partition), ingest_us, now_us)
 
     def _validate(
         self, frames: Frames, sources: list[RawMessage], now: datetime, result: BatchResult

@@ -17,9 +17,8 @@ wall clock again (else a worker that read a backlog up to where its connectors d
 never see them go silent). That jump is more than the alert stage's unwatched gap, so the
 silence of assets that stopped before it counts from the jump on: their stale alerts come
 `after` plus `settle_us` after the worker read the backlog's last frame. Log time never
-goes back: a worker that falls behind holds it where it
-was until the frames it reads are newer; one whose frames are again read as they come
-takes it forward to the wall clock.
+goes back: a worker that falls behind holds it where it was until the frames it reads are
+newer; one whose frames are again read as they come takes it forward to the wall clock.
 
 Before it has read a frame, the clock is the wall clock, and that does not bind it: its
 first frames may take it back to where the log is. A clock that has gone back (a stage that
