@@ -14,6 +14,7 @@ adding the readings one by one gives.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +108,7 @@ class ReadingGroups:
     lo: list[int]
     """Each group's readings are `values[lo:hi]` / `times[lo:hi]`, in frame order."""
     hi: list[int]
-    values: list[float]
+    values: array[float]
     times: list[int]
     readings: list[int]
     """Readings per frame."""
@@ -163,7 +164,7 @@ class ReadingGroups:
             signal=[names[c] for c in (group_series % width).tolist()],
             lo=starts.tolist(),
             hi=ends.tolist(),
-            values=frames.value[rows[order]].tolist(),
+            values=array("d", frames.value[rows[order]].astype(np.float64, copy=False).tobytes()),
             times=ts[order].tolist(),
             readings=frames.counts().tolist(),
             unusable=np.bincount(frame_of[~usable], minlength=n).tolist(),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import struct
-from collections.abc import Callable
+import sys
+from array import array
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -107,7 +109,7 @@ class AssetWindows:
         return cls(
             panes={
                 int(p["start"]): Pane(
-                    values={s: _unpack(v, np.float64) for s, v in p["values"].items()},
+                    values={s: _unpack_floats(v) for s, v in p["values"].items()},
                     times={s: _unpack(t, np.int64) for s, t in p["times"].items()},
                 )
                 for p in state["panes"]
@@ -122,12 +124,21 @@ class AssetWindows:
         )
 
 
-def _pack(values: list[Any], dtype: type[np.generic]) -> str:
-    # struct packs a short list of Python numbers several times faster than numpy builds an
-    # array of it, to the same bytes; anything struct refuses (None, strings, floats among
-    # the times...) goes through numpy, which converts it (or fails) as it always did.
+_LITTLE = sys.byteorder == "little"
+_CODES: dict[type[np.generic], str] = {np.float64: "d", np.int64: "q"}
+"""The array typecode of each dtype a pane list is packed as."""
+
+
+def _pack(values: Sequence[Any], dtype: type[np.generic]) -> str:
+    # A pane's C doubles are the bytes already (on a little-endian machine). struct packs a
+    # short list of Python numbers several times faster than numpy builds an array of it,
+    # to the same bytes; anything struct refuses (None, strings, floats among the times...)
+    # goes through numpy, which converts it (or fails) as it always did.
     try:
-        data = _PACKERS[dtype](len(values)).pack(*values)
+        if _LITTLE and isinstance(values, array) and values.typecode == "d" == _CODES[dtype]:
+            data = values.tobytes()
+        else:
+            data = _PACKERS[dtype](len(values)).pack(*values)
     except struct.error:
         data = np.asarray(values, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
     # What base64.b64encode does, without its Python-level wrapper.
@@ -151,7 +162,15 @@ _PACKERS: dict[type[np.generic], Callable[[int], struct.Struct]] = {
 """The little-endian struct layout of `count` values of each dtype a pane list is packed as."""
 
 
+def _unpack_floats(text: str) -> array[float]:
+    """A pane's values as `_pack` packed them, as C doubles (see `Pane.values`)."""
+    values = array("d", base64.b64decode(text))
+    if not _LITTLE:
+        values.byteswap()
+    return values
+
+
 def _unpack(text: str, dtype: type[np.generic]) -> list[Any]:
-    array = np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<"))
-    values: list[Any] = array.tolist()
+    data = np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<"))
+    values: list[Any] = data.tolist()
     return values

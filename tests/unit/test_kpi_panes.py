@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import random
+from array import array
 from datetime import timedelta
 from typing import Any
 
@@ -220,19 +221,28 @@ def test_the_aggregator_contract_gives_the_stage_result(site: Site) -> None:
                          at(63)) == record  # fmt: skip
 
 
-def test_signal_stats_of_signals_grouped_by_count_equal_each_signal_alone() -> None:
-    rng = np.random.default_rng(5)
-    found: list[tuple[str, list[float]]] = []
-    for i, count in enumerate([600, 1, 600, 120, 2, 600, 120, 37, 1]):
-        values = rng.normal(50.0, 20.0, count).round(rng.integers(0, 4)).tolist()
-        found.append((f"s{i}", values))
+@pytest.mark.parametrize("seed", [5, 6, 7])
+@pytest.mark.parametrize("kind", ["list", "doubles"])
+def test_signal_stats_of_signals_grouped_by_count_equal_each_signal_alone(
+    seed: int, kind: str
+) -> None:
+    """Lists (as tests build them) and C doubles (as panes keep them); counts whose 95 %
+    rank falls below, at and above the middle of two values, ties, a single value."""
+    rng = np.random.default_rng(seed)
+    found: list[tuple[str, Any]] = []
+    counts = [600, 1, 600, 120, 2, 600, 120, 37, 1, 11, 21, 3, 4, 1001, *range(5, 11)]
+    for i, count in enumerate(counts * 2):
+        values = rng.normal(50.0, 20.0, count) * 10.0 ** rng.integers(-3, 6)
+        if i < len(counts):
+            values = values.round(rng.integers(0, 4))
+        found.append((f"s{i}", values.tolist() if kind == "list" else array("d", values)))
     stats = signal_stats(found)
     assert [s.signal for s in stats] == [name for name, _ in found]
     for (name, values), got in zip(found, stats, strict=True):
-        array = np.asarray(values, dtype=np.float64)
+        alone = np.asarray(values, dtype=np.float64)
         # exactly what a call per signal gives, not merely close
         assert got.count == len(values)
-        assert got.min == float(array.min()) and got.max == float(array.max())
-        assert got.p95 == float(np.percentile(array, 95)), name
+        assert got.min == float(alone.min()) and got.max == float(alone.max())
+        assert got.p95 == float(np.percentile(alone, 95)), name
         assert got.mean == math.fsum(values) / len(values)
     assert signal_stats([]) == ()
