@@ -17,6 +17,10 @@ messages in, outputs out, and keeps each asset's stage state in a compacted stat
   an asset's state once per several of its frames, not once per frame. The write goes in
   short steps between batches (`topologies/state_writer.py`), so frames do not wait for all
   of it.
+- The processing-time tick (once a second) closes idle windows in steps of
+  `TICK_KPI_ASSETS` assets: after a jump of processing time (log time catching up with the
+  wall clock at the end of a backlog) every asset's windows may close at once. Steps of
+  both kinds are paced (`topologies/pacing.py`) so that the frames keep coming in between.
 - Outputs and state messages go out through confluent-kafka (`topologies/output.py`), not
   Faust's producer.
 - A small batch's outputs are confirmed while the next batch is processed (`InFlight`, at
@@ -45,6 +49,7 @@ from pipeline.site import Site
 from topologies.fetch import use_short_fetch_wait
 from topologies.metrics import StageMetrics, update_consumer_lag
 from topologies.output import InFlight, OutputSender
+from topologies.pacing import Pacer
 from topologies.processor import BatchResult, FrameProcessor, Output, RawMessage
 from topologies.state import PendingState, decode_state, encode_state
 from topologies.state_store import StateStore
@@ -73,9 +78,12 @@ PIPELINE_BELOW = 200
 #: this many frames are read again.
 STATE_EVERY_EVENTS = 10_000
 STATE_MAX_AGE_S = 1.0
-#: A state write holds the processing lock for this long at a time (see state_writer.py).
-STATE_STEP_S = 0.005
+#: A state write or tick step holds the processing lock for this long at a time while the
+#: worker keeps up (see pacing.py).
+STEP_S = 0.005
 TICK_S = 1.0
+#: A tick closes the windows of this many assets per step (under a millisecond each).
+TICK_KPI_ASSETS = 8
 #: The embedded broker holds a first JoinGroup for half the session timeout (measured: 30 s
 #: with Faust's default of 60 s, 3 s with 6 s); 10 s keeps start-up near 5 s while leaving a
 #: busy 2-core worker room for heartbeats.
@@ -159,7 +167,8 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
         # back from the topic then, these writes included.
         return Output(state_topic, asset_id.encode(), encode_state(states))
 
-    writer = StateWriter(pending, snapshot, outputs.send, busy, STATE_STEP_S, in_flight.barrier)
+    pacer = Pacer(STEP_S)
+    writer = StateWriter(pending, snapshot, outputs.send, busy, pacer, in_flight.barrier)
     state_due = asyncio.Event()
 
     @app.agent(raw_topic, name="frames")
@@ -191,8 +200,9 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                         last.topic, last.partition, last.offset,
                     )  # fmt: skip
                     raise
-                writer.last_batch_s = time.perf_counter() - started
-                stage_metrics.observe(processor, result, writer.last_batch_s, len(batch))
+                took = time.perf_counter() - started
+                pacer.batch(took, backlog=len(batch) >= PIPELINE_BELOW)
+                stage_metrics.observe(processor, result, took, len(batch))
                 publish(result)
                 # take_events acknowledges the batch when this iteration ends; one more
                 # reference holds each event back until the writer has written its state.
@@ -245,11 +255,17 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
 
     @app.timer(TICK_S)
     async def tick() -> None:
-        async with busy:
-            result = processor.tick()
-            stage_metrics.observe(processor, result)
-            publish(result)
-            pending.add(result.touched)
+        ticking = True
+        while ticking:
+            async with busy:
+                started = time.perf_counter()
+                result = processor.tick(TICK_KPI_ASSETS)
+                stage_metrics.observe(processor, result)
+                publish(result)
+                pending.add(result.touched)
+                ticking = processor.ticking()
+            if ticking:
+                await pacer.pause(time.perf_counter() - started)
         try:
             update_consumer_lag(app.consumer, raw_topic.get_topic_name())
         except Exception:  # a metric must never stop the agents

@@ -323,8 +323,10 @@ class FrameProcessor:
             record["reason_code"] = "schema_mismatch"
         self._dead_letter(record, result)
 
-    def tick(self) -> BatchResult:
-        """Close windows of idle sources and raise stale alerts (processing time).
+    def tick(self, kpi_assets: int | None = None) -> BatchResult:
+        """Close windows of idle sources and raise stale alerts (processing time). The KPI
+        stage closes the windows of at most `kpi_assets` assets (about a millisecond each);
+        `ticking` then says whether more are waiting for the next call.
 
         Only assets with an output are marked touched: the alert stage's record of when each
         asset was last heard of changes on every tick, but persisting every asset every second
@@ -333,7 +335,7 @@ class FrameProcessor:
         result = BatchResult()
         now = self._clock()
         alerts: list[dict[str, Any]] = []
-        for window in self.kpi.tick(now):
+        for window in self.kpi.tick(now, kpi_assets):
             asset_id = str(window["asset_id"])
             result.touched.add(asset_id)
             self._emit(result, "twin.kpi", asset_id.encode(), "kpi_window", window)
@@ -344,6 +346,10 @@ class FrameProcessor:
             result.alert_events[str(alert["event"])] += 1
             self._emit(result, "twin.alerts", asset_id.encode(), "alert_event", alert)
         return result
+
+    def ticking(self) -> bool:
+        """The last tick left windows to close: call `tick` again soon."""
+        return self.kpi.waiting()
 
     def behind_s(self) -> float:
         """How far log time is behind the wall clock, in seconds (see `log_time`)."""

@@ -4,9 +4,11 @@ A state write snapshots every asset whose state changed (`topologies/state.py`
 `PendingState`), and a snapshot costs tens of microseconds per asset: at 1,000 assets, a
 write done in one go holds the worker up for tens of milliseconds, and every frame that
 arrives meanwhile waits. `StateWriter.write_due` therefore takes the pending assets and
-snapshots them in steps, each holding the processing lock for at most `step_s` (or as long
-as the last batch took, when batches are long: a busy worker then spends about as much time
-writing as processing, and the write keeps up). Batches run in between.
+snapshots them in steps, each holding the processing lock for as long as its `Pacer` allows,
+and pauses between steps as it says (`topologies/pacing.py`: short steps and pauses while
+the worker keeps up; during a backlog, steps as long as the last batch, so that a busy
+worker spends about as much time writing as processing and the write keeps up). Batches run
+in between.
 
 A step takes each snapshot under the lock (the agent holds it while a batch changes the
 processor's state) and sends it only once every output send started before the step is
@@ -28,6 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from topologies.pacing import Pacer
 from topologies.processor import Output
 from topologies.state import PendingState
 
@@ -50,17 +53,15 @@ class StateWriter:
         snapshot: Snapshot,
         send: Send,
         busy: asyncio.Lock,
-        step_s: float,
+        pacer: Pacer,
         barrier: Barrier = _no_barrier,
     ) -> None:
         self.pending = pending
         self.snapshot = snapshot
         self.send = send
         self.busy = busy
-        self.step_s = step_s
+        self.pacer = pacer
         self.barrier = barrier
-        self.last_batch_s = 0.0
-        """How long the last batch took (set by the agent): a step may take as long."""
         self.steps = 0
         self._queue: deque[str] = deque()
         self._events: list[Any] = []
@@ -76,10 +77,10 @@ class StateWriter:
             self._take()
         while self._queue:
             async with self.busy:
-                self._step(max(self.step_s, self.last_batch_s))
-            # An uncontended lock is taken without a pause: let a batch that has become
-            # ready take it first.
-            await asyncio.sleep(0)
+                took = self._step(self.pacer.budget_s)
+            # (Even without a pause: an uncontended lock is taken at once, so a batch that
+            # has become ready takes it first.)
+            await self.pacer.pause(took)
         await self._finish()
         return True
 
@@ -95,9 +96,9 @@ class StateWriter:
         self._queue.extend(assets)
         self._events.extend(events)
 
-    def _step(self, budget_s: float | None) -> None:
+    def _step(self, budget_s: float | None) -> float:
         """Snapshot queued assets for up to `budget_s` (None: all of them) and start
-        sending their changelog messages."""
+        sending their changelog messages; how long it took."""
         started = time.perf_counter()
         writes = []
         queue = self._queue
@@ -110,6 +111,7 @@ class StateWriter:
         self.steps += 1
         if writes:
             self._sends.append(asyncio.ensure_future(self._send_after(self.barrier(), writes)))
+        return time.perf_counter() - started
 
     async def _send_after(self, barrier: list[asyncio.Future[None]], writes: list[Output]) -> None:
         if barrier:

@@ -15,14 +15,17 @@ that is not counted and shows in `stats.readings_too_late`. `tick(now)` lets the
 of a source that has been silent for the idle timeout move on with processing time, so the
 windows of an asset that stopped sending still close. A tick looks only at the assets whose
 windows it can close (see `ticks`): its cost follows the windows it closes, not the number of
-assets. Given a `LogClock`, processing time is the log time it makes of `now` (see
-`log_time`): a worker catching up on a backlog does not take an asset whose frames the
-backlog spaces out for a silent one. `emitted_ts` is always `now`.
+assets, and `tick(now, limit)` takes at most `limit` of them, leaving the rest to the next
+tick (`waiting`), so closing every asset's windows at once can be spread over steps.
+Given a `LogClock`, processing time is the log time it makes of `now` (see `log_time`): a
+worker catching up on a backlog does not take an asset whose frames the backlog spaces out
+for a silent one. `emitted_ts` is always `now`.
 
     kpi = KpiWindows(site)
     records = kpi.add(validated_frame, now)   # windows closed or revised by this frame
     per_frame = kpi.add_frames(frames, now)   # the same for a batch (`Frames`), per frame
     records += kpi.tick(now)                  # e.g. once a second
+    records += kpi.tick(now, limit=8)         # or in steps, while kpi.waiting()
 """
 
 from __future__ import annotations
@@ -182,12 +185,13 @@ class KpiWindows:
                 raise KpiFrameError(i, done, exc) from exc
         return done
 
-    def tick(self, now: datetime) -> list[dict[str, Any]]:
+    def tick(self, now: datetime, limit: int | None = None) -> list[dict[str, Any]]:
         """Move the watermarks of sources silent for the idle timeout on with processing time;
-        return the windows that closed. Looks only at the assets whose windows can close."""
+        return the windows that closed. Looks only at the assets whose windows can close, at
+        most `limit` of them; `waiting` then says whether the next tick has more."""
         now_us = stage_time(self._log, now)
         out: list[dict[str, Any]] = []
-        for asset_id, skipped in self._ticks.tick(now_us):
+        for asset_id, skipped in self._ticks.tick(now_us, limit):
             state = self._assets[asset_id]
             self.stats.assets_ticked += 1
             if skipped is not None:
@@ -195,6 +199,11 @@ class KpiWindows:
             out += self._advance(asset_id, state, now_us, now)
             self._ticks.due(asset_id, self._due(state))
         return out
+
+    def waiting(self) -> bool:
+        """A limited tick left assets whose windows can close: tick again soon. (A frame of
+        such an asset closes them first, with the frame's records.)"""
+        return self._ticks.waiting()
 
     # --- state ---------------------------------------------------------------------------
 

@@ -20,7 +20,15 @@ had nothing to do in any of them), and a stage applies it (`skipped`) before it 
 reads or snapshots the asset's state. An irregular tick (the first, one that goes back in
 time, or one after a longer pause) takes every asset, so it does exactly what looking at
 every asset on every tick would have done. A tick at the same time as the one before
-takes no asset.
+takes no asset (unless a limited tick left some, below).
+
+A regular tick may be limited to a number of assets (`limit`), so that a stage's work after
+a jump of processing time (a worker back from a pause, log time catching up) comes in steps
+between batches rather than in one long call. It takes the assets due earliest; the others
+due by then stay due and count as having skipped the tick, so whatever reaches them first
+applies it (`skipped`, as for any skipped tick: here it may have work), and `waiting` says
+that the next tick has them. Only regular ticks are limited: an irregular one takes every
+asset, as it must to do what looking at every asset would do.
 """
 
 from __future__ import annotations
@@ -79,27 +87,31 @@ class TickSchedule:
     def caught_up(self, asset_id: str) -> None:
         self._seen[asset_id] = self.ticks
 
-    def tick(self, now_us: int) -> list[tuple[str, int | None]]:
+    def waiting(self) -> bool:
+        """Assets were due by the latest tick and left for the next (a limited tick)."""
+        return self.last_us is not None and self._next_due(self.last_us)
+
+    def tick(self, now_us: int, limit: int | None = None) -> list[tuple[str, int | None]]:
         """Start a tick: the assets to look at now, in order of first sight, each with the
         processing time of the latest tick it skipped, to apply first (see `skipped`), or
         None. Every asset returned counts as up to date with this tick and has no due time
-        until the caller sets one."""
+        until the caller sets one. A regular tick takes at most `limit` assets, the ones due
+        earliest (see the module doc)."""
         last = self.last_us
-        if now_us == last:
+        if now_us == last and not self._next_due(now_us):
             return []  # time stood still (a log clock, see `log_time`): nothing can be due
         regular = (
             last is not None
-            and last < now_us
+            and last <= now_us
             and (self.max_gap_us is None or now_us - last <= self.max_gap_us)
         )
         if regular:
             ranked: list[tuple[int, str]] = []
             heap, due = self._heap, self._due
-            while heap and heap[0][0] <= now_us:
-                due_us, rank, asset_id = heapq.heappop(heap)
-                if due.get(asset_id) == due_us:  # else superseded by an earlier due time
-                    del due[asset_id]
-                    ranked.append((rank, asset_id))
+            while self._next_due(now_us) and (limit is None or len(ranked) < limit):
+                _, rank, asset_id = heapq.heappop(heap)
+                del due[asset_id]
+                ranked.append((rank, asset_id))
             ranked.sort()
             keys: list[str] = [asset_id for _, asset_id in ranked]
         else:
@@ -113,3 +125,10 @@ class TickSchedule:
         for asset_id, _ in out:
             self._seen[asset_id] = self.ticks
         return out
+
+    def _next_due(self, now_us: int) -> bool:
+        """Is an asset due by `now_us`? (Drops the heap's superseded entries on top.)"""
+        heap, due = self._heap, self._due
+        while heap and due.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)  # superseded by an earlier due time
+        return bool(heap) and heap[0][0] <= now_us

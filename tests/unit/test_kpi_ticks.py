@@ -207,3 +207,56 @@ def test_with_a_log_clock_a_slowly_read_backlog_closes_no_window_by_idle_timeout
     assert by_wall[0]["emitted_ts"] < at(3600 + 24 * 40)
     by_log = [r for r in _slow_backlog(site, LogClock()) if r["window_start"] == first]
     assert [(r["version"], r["emitted_ts"]) for r in by_log] == [(1, at(3600 + 24 * 40))]
+
+
+def _key(record: dict[str, Any]) -> str:
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+@pytest.mark.parametrize("seed", [1, 5])
+def test_limited_ticks_in_steps_give_what_one_tick_gives(site: Site, seed: int) -> None:
+    """Each tick taken one asset at a time, stepping while assets wait: the same windows as
+    the whole tick, call by call (in another order across assets), and the same state."""
+    calls = stream(seed)
+    stepped, whole = KpiWindows(site), KpiWindows(site)
+    steps = 0
+    for call in calls:
+        method, record, now = call
+        if method == "tick":
+            got = stepped.tick(now, limit=1)
+            for _ in range(len(FEEDS)):
+                if not stepped.waiting():
+                    break
+                got += stepped.tick(now, limit=1)
+                steps += 1
+            assert not stepped.waiting()
+        else:
+            got = stepped.add(record, now)
+        assert sorted(map(_key, got)) == sorted(map(_key, play(whole, [call])))
+    assert steps > 0  # some ticks had more than one asset to close
+    for asset_id in FEEDS:
+        assert stepped.snapshot(asset_id) == whole.snapshot(asset_id)
+
+
+def test_an_asset_a_limited_tick_left_closes_its_windows_with_its_next_frame(site: Site) -> None:
+    """Two silent assets, a tick limited to one: the other's windows wait for the next tick,
+    and a frame of it before then closes them first, as the whole tick would have."""
+    kpi, whole = KpiWindows(site), KpiWindows(site)
+    for stage in (kpi, whole):
+        stage.tick(at(0))
+        for asset_id in ("cnc-01", "pump-01"):
+            readings = [("spindle_speed" if asset_id == "cnc-01" else "motor_current", 50, 1.0)]
+            source = "opcua-line1" if asset_id == "cnc-01" else "modbus-utilities"
+            stage.add(frame(asset_id, readings, source), at(50))
+        for s in range(51, 80):
+            assert stage.tick(at(s)) == []
+    first = kpi.tick(at(80), limit=1)  # silent 30 s: both watermarks reach 78 s
+    assert {r["asset_id"] for r in first} == {"cnc-01"}
+    assert kpi.waiting()
+    closed = whole.tick(at(80))
+    late = frame("pump-01", [("motor_current", 81, 2.0)], "modbus-utilities", seq=2)
+    with_frame = kpi.add(late, at(80.5))
+    pump = [r for r in closed if r["asset_id"] == "pump-01"]
+    assert pump and [_key(r) for r in with_frame[: len(pump)]] == [_key(r) for r in pump]
+    assert kpi.tick(at(81)) == whole.tick(at(81)) == []  # (its old due time: a look, no more)
+    assert not kpi.waiting()

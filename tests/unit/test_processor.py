@@ -151,6 +151,37 @@ def test_a_backlog_read_slowly_raises_no_stale_alert_and_closes_no_window_early(
     assert covered and {a["asset_id"] for a in raised if a["event"] == "RAISED"} == covered
 
 
+def test_a_tick_in_steps_closes_the_windows_one_whole_tick_closes(site: Site) -> None:
+    """The plant stops; a minute later every asset's windows close by idle timeout. Ticking
+    two assets' windows at a time gives, over the steps, what one whole tick gives."""
+    serde = AvroSerde.local()
+    messages = raw_messages(site, serde, seconds=40)
+    wall = [START + timedelta(seconds=41)]
+    stepped, whole = (FrameProcessor(site, serde, clock=lambda: wall[0]) for _ in range(2))
+    for processor in (stepped, whole):
+        processor.process(messages)
+        processor.tick()
+    wall[0] += timedelta(seconds=60)
+    expected = whole.tick().outputs
+    got: list[Output] = []
+    steps = 0
+    while True:
+        step = stepped.tick(kpi_assets=2).outputs
+        steps += 1
+        assert len({w["asset_id"] for w in decoded(serde, step, "twin.kpi")}) <= 2
+        got += step
+        if not stepped.ticking() or steps > len(site.assets):
+            break
+    assert not stepped.ticking() and not whole.ticking()
+    kpis = decoded(serde, expected, "twin.kpi")
+    assert steps >= len({w["asset_id"] for w in kpis}) / 2 > 1
+    for topic in ("twin.kpi", "twin.alerts"):
+        assert sorted(decoded(serde, got, topic), key=str) == sorted(
+            decoded(serde, expected, topic), key=str
+        ), topic
+    assert kpis
+
+
 def _alerts_read(
     site: Site, messages: list[RawMessage], wall_of: Callable[[datetime], datetime]
 ) -> list[tuple[str, str, datetime]]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from topologies.output import InFlight, OutputError
+from topologies.pacing import Pacer
 from topologies.processor import Output
 from topologies.state import PendingState
 from topologies.state_writer import StateWriter
@@ -39,7 +40,7 @@ class Broker:
 
 
 def make_writer(
-    broker: Broker, log: list[str], step_s: float = 0.0
+    broker: Broker, log: list[str], pacer: Pacer | None = None
 ) -> tuple[StateWriter, PendingState, asyncio.Lock]:
     pending = PendingState(max_events=1, max_age_s=3600)
     busy = asyncio.Lock()
@@ -50,13 +51,14 @@ def make_writer(
             return None
         return Output("state-changelog", asset_id.encode(), b"state of " + asset_id.encode())
 
-    return StateWriter(pending, snapshot, broker.send, busy, step_s), pending, busy
+    pacer = pacer if pacer is not None else Pacer(step_s=0.0)  # one asset per step
+    return StateWriter(pending, snapshot, broker.send, busy, pacer), pending, busy
 
 
 def test_a_due_write_goes_in_steps_with_batches_in_between() -> None:
     async def scenario() -> tuple[list[str], list[Event], StateWriter, Broker]:
         broker, log = Broker(), []
-        writer, pending, busy = make_writer(broker, log)  # step_s=0: one asset per step
+        writer, pending, busy = make_writer(broker, log)
         events = [Event(), Event()]
         pending.add(["a1", "a2", "a3", "gone"], events)
 
@@ -80,15 +82,49 @@ def test_a_due_write_goes_in_steps_with_batches_in_between() -> None:
     assert [e.acks for e in events] == [1, 1]
 
 
-def test_a_step_takes_as_long_as_the_last_batch() -> None:
-    async def scenario() -> StateWriter:
-        writer, pending, _ = make_writer(Broker(), [])
-        writer.last_batch_s = 3600.0  # batches are long: a step may be as long
+class Sleeps:
+    """A pacer's sleep that records how long it was asked to pause."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("backlog", [True, False])
+def test_during_a_backlog_a_step_takes_as_long_as_the_last_batch(backlog: bool) -> None:
+    """During a backlog a step may take as long as the last batch, without pauses; once
+    batches are small again, a step is short and followed by a pause as long as it took."""
+
+    async def scenario() -> tuple[StateWriter, Sleeps]:
+        sleeps = Sleeps()
+        pacer = Pacer(step_s=0.0, sleep=sleeps)
+        writer, pending, _ = make_writer(Broker(), [], pacer)
+        pacer.batch(3600.0, backlog=backlog)
         pending.add([f"a{i}" for i in range(50)], [Event()])
         await writer.write_due()
-        return writer
+        return writer, sleeps
 
-    assert asyncio.run(scenario()).steps == 1
+    writer, sleeps = asyncio.run(scenario())
+    assert writer.steps == (1 if backlog else 50)
+    assert len(sleeps.pauses) == writer.steps
+    if backlog:
+        assert sleeps.pauses == [0.0]
+    else:
+        assert all(0.0 < pause < 1.0 for pause in sleeps.pauses)
+
+
+def test_a_pacer_budgets_steps_by_the_last_batch_only_during_a_backlog() -> None:
+    pacer = Pacer(step_s=0.005)
+    assert pacer.budget_s == 0.005
+    pacer.batch(0.3, backlog=True)
+    assert pacer.budget_s == 0.3
+    pacer.batch(0.001, backlog=True)
+    assert pacer.budget_s == 0.005
+    pacer.batch(0.3, backlog=False)  # a slow batch of few frames: not a backlog
+    assert pacer.budget_s == 0.005
 
 
 def test_events_are_released_only_once_the_broker_confirms_every_step() -> None:
