@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import pairwise
 
 import numpy as np
@@ -109,18 +110,8 @@ class Pieces(Column):
 
     def __init__(self, codes: npt.ArrayLike, pieces: Sequence[bytes]) -> None:
         self._codes = np.asarray(codes, dtype=np.int64)
-        sizes = np.array([len(p) for p in pieces], dtype=np.int64)
+        sizes, self._tables = _piece_tables(tuple(pieces))
         self.lengths = sizes[self._codes] if len(pieces) else np.zeros(0, dtype=np.int64)
-        # Per piece length: the pieces of that length as the rows of one matrix, and every
-        # code's row in it, so that items of one length are copied as one block.
-        self._tables: dict[int, tuple[Bytes, Ints]] = {}
-        for size in set(sizes.tolist()):
-            members = np.flatnonzero(sizes == size)
-            joined = b"".join(pieces[m] for m in members.tolist())
-            table = np.frombuffer(joined, dtype=np.uint8)
-            row_of = np.zeros(len(pieces), dtype=np.int64)
-            row_of[members] = np.arange(members.size)
-            self._tables[size] = (table.reshape(members.size, size), row_of)
 
     def write(self, out: Bytes, starts: Ints) -> None:
         for length, rows in _by_length(self.lengths):
@@ -128,6 +119,25 @@ class Pieces(Column):
             codes = self._codes if rows is None else self._codes[rows]
             places = starts if rows is None else starts[rows]
             out[places[:, None] + np.arange(length)] = table[row_of[codes]]
+
+
+@lru_cache(maxsize=256)
+def _piece_tables(pieces: tuple[bytes, ...]) -> tuple[Ints, dict[int, tuple[Bytes, Ints]]]:
+    """Each piece's size, and per size the pieces of that size as the rows of one matrix with
+    every piece's row in it, so that items of one size are copied as one block. Kept for the
+    pieces seen last (the signal names, flag lists and record headers recur batch after
+    batch; building these costs ~0.1 ms, more than writing a small batch's items)."""
+    sizes = np.array([len(p) for p in pieces], dtype=np.int64)
+    tables: dict[int, tuple[Bytes, Ints]] = {}
+    for size in set(sizes.tolist()):
+        members = np.flatnonzero(sizes == size)
+        joined = b"".join(pieces[m] for m in members.tolist())
+        table = np.frombuffer(joined, dtype=np.uint8)
+        row_of = np.zeros(len(pieces), dtype=np.int64)
+        row_of[members] = np.arange(members.size)
+        tables[size] = (table.reshape(members.size, size), row_of)
+    sizes.flags.writeable = False
+    return sizes, tables
 
 
 class OptionalDoubles(Column):
@@ -166,7 +176,12 @@ def strings(values: npt.ArrayLike | Sequence[str]) -> Pieces:
     finds them without a Python loop)."""
     encoded = pa.array(values, type=pa.string()).dictionary_encode()
     codes = encoded.indices.to_numpy(zero_copy_only=False)
-    return Pieces(codes, [string_piece(s) for s in encoded.dictionary.to_pylist()])
+    return Pieces(codes, _string_pieces(tuple(encoded.dictionary.to_pylist())))
+
+
+@lru_cache(maxsize=256)
+def _string_pieces(texts: tuple[str, ...]) -> tuple[bytes, ...]:
+    return tuple(string_piece(text) for text in texts)
 
 
 def _by_length(lengths: Ints) -> list[tuple[int, Ints | None]]:
