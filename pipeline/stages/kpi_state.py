@@ -125,8 +125,6 @@ class AssetWindows:
 
 
 _LITTLE = sys.byteorder == "little"
-_CODES: dict[type[np.generic], str] = {np.float64: "d", np.int64: "q"}
-"""The array typecode of each dtype a pane list is packed as."""
 
 
 def _pack(values: Sequence[Any], dtype: type[np.generic]) -> str:
@@ -135,7 +133,7 @@ def _pack(values: Sequence[Any], dtype: type[np.generic]) -> str:
     # to the same bytes; anything struct refuses (None, strings, floats among the times...)
     # goes through numpy, which converts it (or fails) as it always did.
     try:
-        if _LITTLE and isinstance(values, array) and values.typecode == "d" == _CODES[dtype]:
+        if _LITTLE and dtype is np.float64 and isinstance(values, array) and values.typecode == "d":
             data = values.tobytes()
         else:
             data = _PACKERS[dtype](len(values)).pack(*values)
