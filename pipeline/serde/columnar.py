@@ -6,7 +6,9 @@ Avro container file, every frame kept only if encoding it again gives back its b
 byte). The messages it leaves out (read failures alone after halving, frames that do not give
 back their body, every message that is not the newest telemetry_frame version) go through
 `AvroSerde.decode` one by one, which resolves older versions and names the reason a message
-cannot be read.
+cannot be read. A batch of at most `QUICK_MAX` messages is read message by message with
+fastavro instead (`pipeline.serde.quick_read`): a polars read costs ~2 ms however few frames
+it holds, fastavro ~0.3 ms a frame.
 
 Encoding: telemetry frames (status codes as null), validated frames and state estimates are
 written with numpy for all readings at once (`pipeline.serde.varint`), byte-identical to
@@ -24,6 +26,7 @@ import numpy.typing as npt
 from pipeline.errors import SerdeError
 from pipeline.serde.avro import AvroSerde
 from pipeline.serde.batch_read import QUALITY_PIECES, BatchRead, read_columns
+from pipeline.serde.quick_read import QuickFrames
 from pipeline.serde.varint import (
     Bodies,
     Booleans,
@@ -40,6 +43,10 @@ from pipeline.serde.varint import (
 from pipeline.stages.frames import FLAGS, QUALITIES, Frames, States, concat_frames, flag_names
 
 FRAME_TYPE = "telemetry_frame"
+#: Batches of at most this many messages are read by `QuickFrames`. In memory, frames of ~80
+#: readings, best of five: 1 frame 0.33 ms against 1.36 ms read by polars, 5 frames 1.0 against
+#: 1.4 ms, 8 frames 2.8 against 2.4 ms.
+QUICK_MAX = 5
 
 
 @dataclass(slots=True)
@@ -57,8 +64,10 @@ class DecodedFrames:
 class FrameDecoder:
     """Decodes batches of telemetry.raw message values into `Frames` (see the module doc)."""
 
-    def __init__(self, serde: AvroSerde) -> None:
+    def __init__(self, serde: AvroSerde, quick_max: int = QUICK_MAX) -> None:
         self.serde = serde
+        self.quick_max = quick_max
+        self._quick = QuickFrames(serde)
         self._batch = BatchRead(serde, FRAME_TYPE, _columns, Frames.take, concat_frames)
         self.batch_reads = self._batch.problem is None
         """False when polars cannot read this schema's frames (then every message is decoded
@@ -66,7 +75,10 @@ class FrameDecoder:
 
     def decode(self, values: list[bytes | None]) -> DecodedFrames:
         """The frames of a batch of message values, and why each other message is none."""
-        parts, slow = self._batch.read(values, self.batch_reads)
+        if len(values) <= self.quick_max:
+            parts, slow = self._quick.read(values)
+        else:
+            parts, slow = self._batch.read(values, self.batch_reads)
         errors: dict[int, str] = {}
         records: list[dict[str, Any]] = []
         decoded_rows: list[int] = []

@@ -43,9 +43,10 @@ def serde() -> CountingSerde:
     return CountingSerde(SchemaCatalog.load())
 
 
-@pytest.fixture(scope="module")
-def decoder(serde: AvroSerde) -> FrameDecoder:
-    return FrameDecoder(serde)
+@pytest.fixture(scope="module", params=["polars", "quick"])
+def decoder(serde: AvroSerde, request: pytest.FixtureRequest) -> FrameDecoder:
+    """Every batch read by polars, or every batch read message by message (`QuickFrames`)."""
+    return FrameDecoder(serde, quick_max=0 if request.param == "polars" else 1_000_000)
 
 
 def random_time(rng: random.Random) -> int:
