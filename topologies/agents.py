@@ -74,9 +74,11 @@ PIPELINE_BELOW = 200
 #: During a backlog the state is written once per this many frames (each touched asset once).
 #: With many assets nearly every frame's asset is in each write, so this sets how many frames
 #: a snapshot is spread over: `twin bench --assets 10000` measured 48,839 readings/s at 5,000
-#: and 59,101 at 10,000 (worker RSS 947 and 962 MB: the held events). After a crash, at most
-#: this many frames are read again.
-STATE_EVERY_EVENTS = 10_000
+#: and 59,101 at 10,000; `twin bench --assets 10000 --readings 2490000 --latency-s 5
+#: --no-growth`, alternating, 51,397 and 46,206 at 10,000 against 58,223 and 52,214 at
+#: 20,000 (worker RSS 795-823 MB in all four: the held events are not what fills it).
+#: After a crash, at most this many frames are read again.
+STATE_EVERY_EVENTS = 20_000
 STATE_MAX_AGE_S = 1.0
 #: A state write or tick step holds the processing lock for this long at a time while the
 #: worker keeps up (see pacing.py).
