@@ -124,14 +124,13 @@ class BatchRead(Generic[B]):
         left: list[int] = []
         newest: dict[bytes, bool] = {}
         for i, value in enumerate(values):
-            if value is None or len(value) <= HEADER_SIZE or value[0] != MAGIC:
+            header = wire_header(value)
+            if header is None:
                 left.append(i)
                 continue
-            header = value[:HEADER_SIZE]
             is_newest = newest.get(header)
             if is_newest is None:
-                known = self.serde.known_schema(int.from_bytes(header[1:], "big"))
-                is_newest = newest[header] = known == (self.record_type, self._version)
+                is_newest = newest[header] = self.is_newest(header)
             (fast if is_newest and batch_reads else left).append(i)
         parts: list[Part[B]] = []
         if fast:
@@ -139,6 +138,12 @@ class BatchRead(Generic[B]):
             for positions, records in self._read(bodies, list(range(len(fast))), left, fast):
                 parts.append(([fast[p] for p in positions], records))
         return parts, sorted(left)
+
+    def is_newest(self, header: bytes) -> bool:
+        """Does a wire-format header name the newest version of this record type (a schema
+        id the serde already knows)?"""
+        known = self.serde.known_schema(int.from_bytes(header[1:HEADER_SIZE], "big"))
+        return known == (self.record_type, self._version)
 
     def _read(
         self, bodies: list[bytes], positions: list[int], left: list[int], fast: list[int]
@@ -209,6 +214,14 @@ class BatchRead(Generic[B]):
             records = self._take(records, order)
             rows = [rows[k] for k in order.tolist()]
         return records, rows
+
+
+def wire_header(value: bytes | None) -> bytes | None:
+    """The 5-byte header of a Confluent wire-format message value with a body after it; None
+    for anything else (`AvroSerde.decode` says what is wrong with it)."""
+    if value is None or len(value) <= HEADER_SIZE or value[0] != MAGIC:
+        return None
+    return value[:HEADER_SIZE]
 
 
 def _gives_back(bodies: list[bytes], blob: bytes, again: Bodies, unreadable: Mask) -> Mask:

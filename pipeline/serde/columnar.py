@@ -67,8 +67,8 @@ class FrameDecoder:
     def __init__(self, serde: AvroSerde, quick_max: int = QUICK_MAX) -> None:
         self.serde = serde
         self.quick_max = quick_max
-        self._quick = QuickFrames(serde)
         self._batch = BatchRead(serde, FRAME_TYPE, _columns, Frames.take, concat_frames)
+        self._quick = QuickFrames(self._batch)
         self.batch_reads = self._batch.problem is None
         """False when polars cannot read this schema's frames (then every message is decoded
         one by one), so that a batch is not read in halves down to single messages."""

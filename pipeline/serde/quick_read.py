@@ -21,21 +21,19 @@ from typing import Any
 import numpy as np
 from fastavro import parse_schema, schemaless_reader
 
-from pipeline.serde.avro import HEADER_SIZE, MAGIC, AvroSerde
-from pipeline.serde.batch_read import Mask, Part, no_datetime
+from pipeline.serde.avro import HEADER_SIZE
+from pipeline.serde.batch_read import BatchRead, Mask, Part, no_datetime, wire_header
 from pipeline.serde.container import decoding_schema
 from pipeline.stages.frames import QUALITIES, Frames
 
-FRAME_TYPE = "telemetry_frame"
-
 
 class QuickFrames:
-    """Reads telemetry.raw message values one by one into `Frames` (see the module doc)."""
+    """Reads telemetry.raw message values one by one into `Frames` (see the module doc): the
+    messages `batch` would read, the newest telemetry_frame version."""
 
-    def __init__(self, serde: AvroSerde) -> None:
-        self.serde = serde
-        latest = serde.catalog.latest(FRAME_TYPE)
-        self._newest = (FRAME_TYPE, latest.version)
+    def __init__(self, batch: BatchRead[Frames]) -> None:
+        self._batch = batch
+        latest = batch.serde.catalog.latest(batch.record_type)
         self._schema = parse_schema(decoding_schema(latest.schema))
 
     def read(self, values: list[bytes | None]) -> tuple[list[Part[Frames]], list[int]]:
@@ -64,10 +62,8 @@ class QuickFrames:
         return ([(rows, frames)] if rows else []), left
 
     def _record(self, value: bytes | None) -> dict[str, Any] | None:
-        if value is None or len(value) <= HEADER_SIZE or value[0] != MAGIC:
-            return None
-        schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
-        if self.serde.known_schema(schema_id) != self._newest:
+        header = wire_header(value)
+        if value is None or header is None or not self._batch.is_newest(header):
             return None
         body = BytesIO(value)
         body.seek(HEADER_SIZE)
