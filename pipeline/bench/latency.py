@@ -44,6 +44,9 @@ Progress = Callable[[str], None]
 TICK_S = 0.005
 DRAIN_S = 10.0
 """After the last paced frame, how long state records may still arrive to count."""
+SLICE_S = 10.0
+"""The state latency is also given per slice of this many seconds of ingest time, so that a
+drift within the phase shows (e.g. a broker whose fetches cost more as its log grows)."""
 
 
 @dataclass
@@ -62,6 +65,8 @@ class LatencyFigures:
     alert_p50_ms: float | None = None
     alert_p99_ms: float | None = None
     alert_samples: int = 0
+    slices: list[dict[str, Any]] | None = None
+    """State latency per SLICE_S of ingest time: start_s, p50_ms, p99_ms, samples."""
 
     @property
     def kept_up(self) -> bool:
@@ -87,6 +92,7 @@ class LatencyFigures:
             "alert_p50_ms": self.alert_p50_ms,
             "alert_p99_ms": self.alert_p99_ms,
             "alert_samples": self.alert_samples,
+            "slices": self.slices,
             "measure": "state: twin.state arrival (consumer receive time) - frame ingest_ts; "
             "pickup: validated_ts (worker began the batch) - ingest_ts; "
             "alert: twin.alerts arrival - alert ts",
@@ -296,10 +302,34 @@ def measure_latency(
     figures.achieved_rate = paced.readings / seconds
     state = _percentiles(watcher.counts.state_latency)
     figures.state_p50_ms, figures.state_p99_ms, figures.state_max_ms, figures.state_samples = state
+    figures.slices = latency_slices(watcher.counts.state_latency, SLICE_S)
     figures.pickup_p50_ms, figures.pickup_p99_ms, _, _ = _percentiles(watcher.counts.pickup_latency)
     alert = _percentiles(watcher.counts.alert_latency)
     figures.alert_p50_ms, figures.alert_p99_ms, _, figures.alert_samples = alert
     return figures
+
+
+def latency_slices(arrivals: list[Arrival], slice_s: float) -> list[dict[str, Any]]:
+    """p50 and p99 of the latencies of the arrivals in each `slice_s` of their `since`
+    times, counted from the earliest (slices without an arrival are left out)."""
+    if not arrivals:
+        return []
+    since = np.array([a.since for a in arrivals])
+    delays = np.array([a.received for a in arrivals]) - since
+    index = ((since - since.min()) // slice_s).astype(np.int64)
+    slices = []
+    for k in np.unique(index).tolist():
+        part = delays[index == k] * 1000
+        p50, p99 = np.percentile(part, [50, 99])
+        slices.append(
+            {
+                "start_s": round(k * slice_s, 3),
+                "p50_ms": round(float(p50), 1),
+                "p99_ms": round(float(p99), 1),
+                "samples": len(part),
+            }
+        )
+    return slices
 
 
 def _percentiles(

@@ -105,6 +105,14 @@ def write_text(report: dict[str, Any], out: TextIO) -> None:
             f"             of which before processing (ingest to the worker's batch): p50 "
             f"{latency['pickup_p50_ms']} ms, p99 {latency['pickup_p99_ms']} ms"
         )
+        if latency.get("slices"):
+            lines.append(
+                "             state p50 / p99 by ingest time: "
+                + ", ".join(
+                    f"{s['start_s']:.0f} s {s['p50_ms']:.0f} / {s['p99_ms']:.0f} ms"
+                    for s in latency["slices"]
+                )
+            )
         if not latency["kept_up"]:
             lines.append(
                 f"  note: the pipeline fell behind the offered load: {latency['state_samples']:,} "

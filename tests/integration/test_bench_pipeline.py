@@ -74,6 +74,10 @@ def test_pipeline_bench_reports_every_figure_of_one_run() -> None:
     assert latency["frames_sent"] > 0 and latency["state_samples"] > 0
     assert 0 < report["latency_p50_ms"] <= report["latency_p99_ms"]
     assert (report["alert_latency_p50_ms"] is None) == (latency["alert_samples"] == 0)
+    # A 3 s phase is one 10 s slice: it holds every state sample.
+    assert [s["start_s"] for s in latency["slices"]] == [0.0]
+    assert latency["slices"][0]["samples"] == latency["state_samples"]
+    assert latency["slices"][0]["p99_ms"] == pytest.approx(report["latency_p99_ms"], abs=0.11)
     assert report["rss_mb"] > 0
     assert report["cost_growth"] is None  # --no-growth
     assert report["machine"]["cpus"] >= 1

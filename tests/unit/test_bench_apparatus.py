@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from connectors.sim.plant import PlantModel
-from pipeline.bench.latency import FrameReplay, replay_frames, restamped
+from pipeline.bench.latency import FrameReplay, latency_slices, replay_frames, restamped
 from pipeline.bench.plant import GAUGE_PERIOD, BenchPlant, site_document
-from pipeline.bench.watch import LEADING, LeadingTimes, leading_fields, leads_with
+from pipeline.bench.watch import LEADING, Arrival, LeadingTimes, leading_fields, leads_with
 from pipeline.bench.workload import STEPS_PER_FRAME, _frame_readings, _scenario
 from pipeline.errors import SerdeError, TwinError
 from pipeline.serde import AvroSerde, SchemaCatalog
@@ -349,3 +349,27 @@ class UnacquaintedSerde(AvroSerde):
 
     def known_schema(self, schema_id: int) -> tuple[str, int | None] | None:
         return None
+
+
+def test_latency_slices_split_by_ingest_time_not_by_arrival() -> None:
+    rng = random.Random(7)
+    t0 = 1_700_000_000.0
+    arrivals = []
+    for _ in range(400):
+        since = t0 + rng.uniform(0, 30)
+        # Latency grows with ingest time: 50 ms in the first 10 s, 150 ms, then 300 ms.
+        delay = (0.05, 0.15, 0.3)[int((since - t0) // 10)] + rng.uniform(0, 0.01)
+        arrivals.append(Arrival(received=since + delay, since=since))
+    arrivals.append(Arrival(received=t0 + 45.0, since=t0 + 44.9))  # after an empty slice
+    rng.shuffle(arrivals)
+    slices = latency_slices(arrivals, 10.0)
+    starts = [s["start_s"] for s in slices]
+    assert starts[:3] == [0.0, 10.0, 20.0] and len(starts) == 4
+    # The last slice begins at a multiple of 10 s after the earliest ingest time.
+    first = min(a.since for a in arrivals)
+    assert starts[3] == round((t0 + 44.9 - first) // 10 * 10, 3) == 40.0
+    assert sum(s["samples"] for s in slices) == len(arrivals)
+    for s, low in zip(slices[:3], (50, 150, 300), strict=True):
+        assert low <= s["p50_ms"] <= s["p99_ms"] <= low + 10
+    assert slices[3]["samples"] == 1 and slices[3]["p50_ms"] == pytest.approx(100.0, abs=0.1)
+    assert latency_slices([], 10.0) == []
