@@ -6,6 +6,9 @@ from typing import Any, TextIO
 
 from pipeline.bench.run import BenchResult, machine
 
+FEW_SAMPLES = 100
+"""Below this many samples a p99 is the slowest sample or next to it: the report says so."""
+
 
 def _ratio(a: float | None, b: float | None, digits: int = 3) -> float | None:
     if a is None or b is None or b == 0:
@@ -112,6 +115,11 @@ def write_text(report: dict[str, Any], out: TextIO) -> None:
                     f"{s['start_s']:.0f} s {s['p50_ms']:.0f} / {s['p99_ms']:.0f} ms"
                     for s in latency["slices"]
                 )
+            )
+        if 0 < latency["alert_samples"] < FEW_SAMPLES:
+            lines.append(
+                f"  note: the alert percentiles rest on {latency['alert_samples']} alert(s), "
+                "so their p99 is about the slowest of them, not a stable figure"
             )
         if not latency["kept_up"]:
             lines.append(

@@ -3,14 +3,17 @@ figure. Nothing about speed is asserted: the figures must only be present and co
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from pipeline import PROJECT_ROOT
+from pipeline.bench.report import FEW_SAMPLES, write_text
 
 pytestmark = pytest.mark.integration
 
@@ -80,4 +83,23 @@ def test_pipeline_bench_reports_every_figure_of_one_run() -> None:
     assert latency["slices"][0]["p99_ms"] == pytest.approx(report["latency_p99_ms"], abs=0.11)
     assert report["rss_mb"] > 0
     assert report["cost_growth"] is None  # --no-growth
+
+    lines = _human(report)
+    slices = [line for line in lines if "by ingest time" in line]
+    assert slices == [f"{' ' * 13}state p50 / p99 by ingest time: 0 s "
+                      f"{latency['slices'][0]['p50_ms']:.0f} / "
+                      f"{latency['slices'][0]['p99_ms']:.0f} ms"]  # fmt: skip
+    # The human output says when the alert percentiles rest on too few alerts.
+    for alerts, noted in ((0, False), (5, True), (FEW_SAMPLES - 1, True), (FEW_SAMPLES, False)):
+        latency["alert_samples"] = alerts
+        said = [line for line in _human(report) if "alert percentiles rest on" in line]
+        assert said == ([f"  note: the alert percentiles rest on {alerts} alert(s), so their "
+                         "p99 is about the slowest of them, not a stable figure"]
+                        if noted else []), alerts  # fmt: skip
+
+
+def _human(report: dict[str, Any]) -> list[str]:
+    text = io.StringIO()
+    write_text(report, text)
+    return text.getvalue().splitlines()
     assert report["machine"]["cpus"] >= 1
