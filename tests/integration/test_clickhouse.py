@@ -510,7 +510,9 @@ def test_twin_db_migrate_and_status(tmp_path: Path) -> None:
     body = json.loads(status.stdout)
     assert (body["applied"], body["pending"], body["changed"]) == (6, 0, 0)
 
-    start = MINUTE.isoformat()
+    # A moment inside an hour: the range widens to that whole hour. (MINUTE itself is on
+    # the hour when the test runs at half past, and [h:00, h:00) is an empty range.)
+    start = MINUTE.replace(minute=15).isoformat()
     empty = twin(path, "db", "rebuild-rollups", "--from", start, "--to", start)
     assert empty.returncode == 1
     assert "no readings are stored" in empty.stderr
