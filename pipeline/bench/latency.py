@@ -6,16 +6,17 @@ the same amount (so they keep their spacing within the frame), `seq` continuing 
 sequence. It uses the connectors' producer settings (lz4, linger 20 ms). So that it takes
 little CPU from the pipeline it measures, the frames are decoded into columns and encoded
 again once, before the phase, and each tick only writes the new times into a copy of its
-frames' bytes (`FrameReplay`). Meanwhile the output watcher (a separate consumer) records
-when each state record and alert arrives.
+frames' bytes (`pipeline.bench.replay`). Some machines run overloaded for a while, so that
+alerts are raised on purpose (`pipeline.bench.overload`). Meanwhile the output watcher (a
+separate consumer) records when each state record and alert arrives.
 
 - state latency: arrival of the state record on twin.state minus its frame's `ingest_ts`;
 - pickup: the frame's `validated_ts` (when the worker began its batch) minus its `ingest_ts`,
   i.e. the part of the state latency spent before processing (producer linger, broker,
   fetch, batching, waiting for the worker);
-- alert latency: arrival of the alert on twin.alerts minus the alert's `ts` (the event time
-  of the reading that changed it; with paced frames that reading was taken at most one frame
-  interval before its frame's ingest). None when no alert came (no alert stage yet).
+- alert latency: arrival of the alert event on twin.alerts minus the `ingest_ts` of the
+  frame that caused it (found from the alert's `ts`, see `pipeline.bench.overload`). None
+  when no alert came.
 """
 
 from __future__ import annotations
@@ -27,17 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
+from pipeline.bench.overload import OverloadPlan, SentFrames, alert_arrivals
 from pipeline.bench.pipeline import RunningPipeline
+from pipeline.bench.replay import FrameReplay, replay_frames
 from pipeline.bench.watch import Arrival
 from pipeline.bench.workload import Workload
-from pipeline.errors import TwinError
 from pipeline.kafka.clients import producer
 from pipeline.serde import AvroSerde
-from pipeline.serde.columnar import FrameDecoder, encode_frames
-from pipeline.serde.varint import Longs, strings, zigzag
-from pipeline.stages.frames import Frames
 
 Progress = Callable[[str], None]
 
@@ -65,6 +63,9 @@ class LatencyFigures:
     alert_p50_ms: float | None = None
     alert_p99_ms: float | None = None
     alert_samples: int = 0
+    alerts_unmatched: int = 0
+    """Alert events of the phase that no paced frame caused (e.g. raised by a tick)."""
+    overloaded_machines: int = 0
     slices: list[dict[str, Any]] | None = None
     """State latency per SLICE_S of ingest time: start_s, p50_ms, p99_ms, samples."""
 
@@ -93,9 +94,11 @@ class LatencyFigures:
             "alert_p99_ms": self.alert_p99_ms,
             "alert_samples": self.alert_samples,
             "slices": self.slices,
+            "alerts_unmatched": self.alerts_unmatched,
+            "overloaded_machines": self.overloaded_machines,
             "measure": "state: twin.state arrival (consumer receive time) - frame ingest_ts; "
             "pickup: validated_ts (worker began the batch) - ingest_ts; "
-            "alert: twin.alerts arrival - alert ts",
+            "alert: twin.alerts arrival - ingest_ts of the frame that caused it",
         }
 
 
@@ -119,6 +122,8 @@ class PacedProducer(threading.Thread):
         serde = AvroSerde.from_settings(self.settings)
         frames = replay_frames(serde, workload.encoded)
         self.replay = FrameReplay(serde, frames, self.topic, workload.encoded)
+        self.overloads = OverloadPlan.build(serde, frames, self.topic, seconds)
+        self.sent_frames = SentFrames(frames.asset_id)
         # A new producer's first message waits for its connection and producer id (~0.5 s
         # measured on the embedded broker): that is start-up, not latency, so it is done now.
         self.out = producer(self.settings)
@@ -143,7 +148,12 @@ class PacedProducer(threading.Thread):
             due = int(elapsed * self.frames_per_s) + 1
             if self.sent < due:
                 rows = np.arange(self.sent, due, dtype=np.int64) % len(self.replay.frames)
-                values = self.replay.encode(rows, time.time_ns() // 1000, seq)
+                now_us = time.time_ns() // 1000
+                if self.overloads is None:
+                    values = self.replay.encode(rows, now_us, seq)
+                else:
+                    values = self.overloads.encode(self.replay, rows, elapsed, now_us, seq)
+                self.sent_frames.add(rows, now_us)
                 for i, value in zip(rows.tolist(), values, strict=True):
                     out.produce(self.topic, value, keys[i])
                 seq += len(values)
@@ -152,116 +162,6 @@ class PacedProducer(threading.Thread):
             out.poll(0)
             time.sleep(TICK_S)
         out.flush(30)
-
-
-def replay_frames(serde: AvroSerde, values: list[bytes]) -> Frames:
-    """The workload's frame messages as columns, in their order."""
-    if values:
-        # A registry id is known to the serde once it has decoded a message written with it;
-        # until then the decoder would read every message one by one.
-        serde.decode(values[0])
-    decoded = FrameDecoder(serde).decode(list(values))
-    if decoded.errors:
-        index, reason = next(iter(sorted(decoded.errors.items())))
-        raise TwinError(
-            f"workload frame {index} of {len(values)} does not decode ({len(decoded.errors)} "
-            f"such frames): {reason}"
-        )
-    return decoded.frames
-
-
-def restamped(frames: Frames, rows: npt.NDArray[np.int64], now_us: int, seq: int) -> Frames:
-    """frames[rows] as if produced at `now_us`: ingest time now, every reading of a frame
-    shifted by as much as its frame's ingest time, `seq` numbering them from `seq` on."""
-    batch = frames.take(rows)
-    shift = now_us - batch.ingest_us
-    batch.ts_us += np.repeat(shift, batch.counts())
-    batch.ingest_us = np.full(len(batch), now_us, dtype=np.int64)
-    batch.seq = np.arange(seq, seq + len(batch), dtype=np.int64)
-    return batch
-
-
-class FrameReplay:
-    """Frames re-stamped and encoded as `encode_frames(serde, restamped(frames, ...), topic)`
-    gives them, at a small fixed cost per call: every frame is encoded once up front, and a
-    call copies the bytes that follow each chosen frame's ingest_ts and writes the new reading
-    times over the old. The bytes after ingest_ts differ only in those times, and a time keeps
-    its varint's length when shifted within an era (every time from 1978 to 3111 is 8 bytes),
-    so the new times take the old ones' places; when one does not, the frames are encoded
-    from the columns instead.
-
-    `originals`, when given, are the messages the frames were decoded from: each must be
-    what its frame encodes to, else the replay would not send that frame as it was (a
-    reading's status_code, which `Frames` does not hold, is sent as null): TwinError."""
-
-    def __init__(
-        self, serde: AvroSerde, frames: Frames, topic: str, originals: list[bytes] | None = None
-    ) -> None:
-        self.serde, self.frames, self.topic = serde, frames, topic
-        self.counts = frames.counts()
-        values = encode_frames(serde, frames, topic)
-        if originals is not None and values != originals:
-            index = next(
-                (i for i, (a, b) in enumerate(zip(values, originals, strict=False)) if a != b),
-                min(len(values), len(originals)),
-            )
-            raise TwinError(
-                f"workload frame {index} of {len(originals)} would not be replayed as it was "
-                "produced (a reading with a status_code?)"
-            )
-        heads = len(serde.header("telemetry_frame", topic)) + (
-            strings(frames.asset_id).lengths + strings(frames.source_id).lengths
-        )
-        self._prefixes = [v[:h] for v, h in zip(values, heads.tolist(), strict=True)]
-        """Per frame: the bytes before seq (header, asset_id, source_id)."""
-        tails = heads + Longs(frames.seq).lengths + Longs(frames.ingest_us).lengths
-        rests = [v[t:] for v, t in zip(values, tails.tolist(), strict=True)]
-        self._rest_starts = np.zeros(len(frames) + 1, dtype=np.int64)
-        np.cumsum([len(rest) for rest in rests], out=self._rest_starts[1:])
-        self._rests = np.frombuffer(b"".join(rests), dtype=np.uint8)
-        """Every frame's bytes after ingest_ts (its readings), one after the other."""
-        self._time_lengths = Longs(frames.ts_us).lengths
-        signals = strings(frames.signal).lengths
-        # A reading: signal, ts, value (8 bytes), quality (1 byte), status_code null (1 byte).
-        sizes = signals + self._time_lengths + 10
-        before = np.zeros(frames.readings + 1, dtype=np.int64)
-        np.cumsum(sizes, out=before[1:])
-        block = np.where(self.counts > 0, Longs(self.counts).lengths, 0)
-        frame_of = frames.frame_of_reading()
-        first = frames.bounds[:-1]
-        self._time_offsets = block[frame_of] + before[:-1] - before[first][frame_of] + signals
-        """Per reading: where its time starts in its frame's rest."""
-        laid_out = block + before[frames.bounds[1:]] - before[first] + 1  # + the array's end
-        self._patches = bool(np.array_equal(laid_out, np.diff(self._rest_starts)))
-        """The rests are laid out as the offsets assume (else every call encodes)."""
-
-    def encode(self, rows: npt.NDArray[np.int64], now_us: int, seq: int) -> list[bytes]:
-        """Message values of frames[rows] re-stamped as `restamped` does."""
-        if not rows.size:
-            return []
-        counts = self.counts[rows]
-        ends = np.cumsum(counts)
-        picks = np.arange(int(ends[-1]), dtype=np.int64) + np.repeat(
-            self.frames.bounds[rows] - (ends - counts), counts
-        )
-        times = Longs(
-            self.frames.ts_us[picks] + np.repeat(now_us - self.frames.ingest_us[rows], counts)
-        )
-        if not self._patches or not np.array_equal(times.lengths, self._time_lengths[picks]):
-            batch = restamped(self.frames, rows, now_us, seq)
-            return encode_frames(self.serde, batch, self.topic)
-        starts, stops = self._rest_starts[rows].tolist(), self._rest_starts[rows + 1].tolist()
-        out = np.concatenate([self._rests[a:b] for a, b in zip(starts, stops, strict=True)])
-        placed = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(self._rest_starts[rows + 1] - self._rest_starts[rows], out=placed[1:])
-        times.write(out, np.repeat(placed[:-1], counts) + self._time_offsets[picks])
-        data, stamp = out.tobytes(), zigzag(now_us)
-        return [
-            self._prefixes[i] + zigzag(seq + k) + stamp + data[a:b]
-            for k, (i, a, b) in enumerate(
-                zip(rows.tolist(), placed[:-1].tolist(), placed[1:].tolist(), strict=True)
-            )
-        ]
 
 
 def measure_latency(
@@ -304,8 +204,11 @@ def measure_latency(
     figures.state_p50_ms, figures.state_p99_ms, figures.state_max_ms, figures.state_samples = state
     figures.slices = latency_slices(watcher.counts.state_latency, SLICE_S)
     figures.pickup_p50_ms, figures.pickup_p99_ms, _, _ = _percentiles(watcher.counts.pickup_latency)
-    alert = _percentiles(watcher.counts.alert_latency)
-    figures.alert_p50_ms, figures.alert_p99_ms, _, figures.alert_samples = alert
+    alerts, figures.alerts_unmatched = alert_arrivals(
+        watcher.counts.alerts_seen, paced.sent_frames.by_asset()
+    )
+    figures.alert_p50_ms, figures.alert_p99_ms, _, figures.alert_samples = _percentiles(alerts)
+    figures.overloaded_machines = len(paced.overloads.machines) if paced.overloads else 0
     return figures
 
 

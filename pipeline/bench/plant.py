@@ -23,6 +23,11 @@ GAUGE_PERIOD = timedelta(milliseconds=100)
 SLOW_PERIOD = timedelta(milliseconds=500)
 STATE_SIGNAL = "machine_state"
 COUNTERS = ("parts_total", "parts_scrap")
+OVERLOAD_SIGNAL = "spindle_load"
+OVERLOAD_ABOVE = 92.0
+"""The `machine-overload` rule: the filtered spindle load above this (%; the simulated
+machines stay below ~90 even with a worn bearing). The latency phase drives some machines
+over it on purpose (`pipeline.bench.overload`)."""
 
 #: name, unit, expected min, expected max, max rate (units/s), measurement noise
 _GAUGES: tuple[tuple[str, str, float, float, float, float], ...] = (
@@ -126,6 +131,14 @@ def site_document(plant: BenchPlant) -> dict[str, Any]:
             {"id": "machine-hot", "kind": "threshold", "asset_type": ASSET_TYPE,
              "signal": names[temperature], "raise_above": low + 0.68 * (high - low),
              "clear_hysteresis": 0.05 * (high - low), "min_duration": "1s",
+             "severity": "warning"},
+        )  # fmt: skip
+    if OVERLOAD_SIGNAL in names:
+        # No minimum duration: the first overloaded frame raises it (see OVERLOAD_ABOVE).
+        alerts.insert(
+            0,
+            {"id": "machine-overload", "kind": "threshold", "asset_type": ASSET_TYPE,
+             "signal": OVERLOAD_SIGNAL, "raise_above": OVERLOAD_ABOVE, "clear_hysteresis": 4.0,
              "severity": "warning"},
         )  # fmt: skip
     return {

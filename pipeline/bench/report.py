@@ -102,7 +102,8 @@ def write_text(report: dict[str, Any], out: TextIO) -> None:
             f"{report['latency_p50_ms']} ms, p99 {report['latency_p99_ms']} ms "
             f"({latency['state_samples']:,} records); alerts p50 "
             f"{report['alert_latency_p50_ms']} ms, p99 {report['alert_latency_p99_ms']} ms "
-            f"({latency['alert_samples']} alerts)"
+            f"({latency['alert_samples']} alert events; "
+            f"{latency['overloaded_machines']} machines overloaded on purpose)"
         )
         lines.append(
             f"             of which before processing (ingest to the worker's batch): p50 "
@@ -118,7 +119,7 @@ def write_text(report: dict[str, Any], out: TextIO) -> None:
             )
         if 0 < latency["alert_samples"] < FEW_SAMPLES:
             lines.append(
-                f"  note: the alert percentiles rest on {latency['alert_samples']} alert(s), "
+                f"  note: the alert percentiles rest on {latency['alert_samples']} alert event(s), "
                 "so their p99 is about the slowest of them, not a stable figure"
             )
         if not latency["kept_up"]:

@@ -116,9 +116,22 @@ class Arrival:
     """A record's arrival: when this consumer received it, and the time it measures from."""
 
     received: float
-    """time.time() at receipt."""
+    """time.time() at receipt (for pickup: when the worker began the frame's batch)."""
     since: float
-    """The record's ingest time (state) or event time (alert), epoch seconds."""
+    """The ingest time of the frame it measures from, epoch seconds."""
+
+
+@dataclass
+class AlertSeen:
+    """An alert event's arrival at this consumer."""
+
+    received: float
+    """time.time() at receipt."""
+    asset_id: str
+    ts_us: int
+    """The event time of the reading that changed the alert."""
+    rule_id: str
+    event: str
 
 
 @dataclass
@@ -134,7 +147,8 @@ class OutputCounts:
     state_latency: list[Arrival] = field(default_factory=list)
     pickup_latency: list[Arrival] = field(default_factory=list)
     """Validated frames: `validated_ts` (the worker began their batch) after `ingest_ts`."""
-    alert_latency: list[Arrival] = field(default_factory=list)
+    alerts_seen: list[AlertSeen] = field(default_factory=list)
+    """Alert events with an event time in the latency phase."""
     dead_reasons: Counter[str] = field(default_factory=Counter)
 
 
@@ -226,7 +240,9 @@ class OutputWatcher:
             if self.latency_since is not None:
                 record = self._decode(message.value())
                 if record is not None and record["ts"].timestamp() >= self.latency_since:
-                    counts.alert_latency.append(Arrival(received, record["ts"].timestamp()))
+                    seen = AlertSeen(received, record["asset_id"], to_micros(record["ts"]),
+                                     record["rule_id"], record["event"])  # fmt: skip
+                    counts.alerts_seen.append(seen)
 
     def _decode(self, value: bytes | None) -> dict[str, Any] | None:
         try:

@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from connectors.sim.plant import PlantModel
-from pipeline.bench.latency import FrameReplay, latency_slices, replay_frames, restamped
+from pipeline.bench.latency import latency_slices
 from pipeline.bench.plant import GAUGE_PERIOD, BenchPlant, site_document
+from pipeline.bench.replay import FrameReplay, replay_frames, restamped
 from pipeline.bench.watch import LEADING, Arrival, LeadingTimes, leading_fields, leads_with
 from pipeline.bench.workload import STEPS_PER_FRAME, _frame_readings, _scenario
 from pipeline.errors import SerdeError, TwinError
