@@ -69,7 +69,9 @@ BATCH_WITHIN_S = 0.02
 #: waits is latency. A larger batch means a backlog: then the agent waits for its outputs,
 #: and the next batch fills meanwhile (fewer, larger batches; `twin bench` measured ~15%
 #: more readings/s than with pipelining at that load, and lower latency with it below).
-MAX_IN_FLIGHT = 4
+#: Small batches' lagging outputs take LAG_LINGER_MS (output.py) to be confirmed, so at a
+#: batch every ~10-40 ms up to ~10 are unconfirmed at a time without the worker being behind.
+MAX_IN_FLIGHT = 16
 PIPELINE_BELOW = 200
 #: During a backlog the state is written once per this many frames (each touched asset once).
 #: With many assets nearly every frame's asset is in each write, so this sets how many frames
@@ -142,14 +144,15 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
         return decode_state(value, asset_id) if value is not None else None
 
     processor = FrameProcessor(site, AvroSerde.from_settings(settings), load_state)
-    outputs = OutputSender(settings)
+    # State estimates and alerts are acted on as they come; the rest may lag (output.py).
+    outputs = OutputSender(settings, urgent={site.topic("twin.state"), site.topic("twin.alerts")})
     stage_metrics = StageMetrics()
     pending = PendingState(STATE_EVERY_EVENTS, STATE_MAX_AGE_S)
     # Held while the processor's state changes (a batch, a tick, a snapshot, a reset).
     busy = asyncio.Lock()
     in_flight = InFlight()
 
-    def publish(result: BatchResult) -> None:
+    def publish(result: BatchResult, backlog: bool) -> None:
         # Outputs are sent now (not attached to the source event, which Faust would send
         # only when that event is acked) and confirmed before the state that follows from
         # them is written (the writer waits for `in_flight.barrier()`). Otherwise a worker
@@ -157,7 +160,7 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
         # validator then takes the redelivered frame for a duplicate, and its outputs are
         # lost.
         if result.outputs:
-            in_flight.start(outputs.send(result.outputs))
+            in_flight.start(outputs.send(result.outputs, lag=not backlog))
 
     def snapshot(asset_id: str) -> Output | None:
         states = processor.snapshot_asset(asset_id)
@@ -205,7 +208,7 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                 took = time.perf_counter() - started
                 pacer.batch(took, backlog=len(batch) >= PIPELINE_BELOW)
                 stage_metrics.observe(processor, result, took, len(batch))
-                publish(result)
+                publish(result, backlog=len(batch) >= PIPELINE_BELOW)
                 # take_events acknowledges the batch when this iteration ends; one more
                 # reference holds each event back until the writer has written its state.
                 for event in events:
@@ -263,7 +266,7 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                 started = time.perf_counter()
                 result = processor.tick(TICK_KPI_ASSETS)
                 stage_metrics.observe(processor, result)
-                publish(result)
+                publish(result, backlog=False)
                 pending.add(result.touched)
                 ticking = processor.ticking()
             if ticking:
