@@ -19,11 +19,11 @@ alerts, which consumers act on as they come) go out after LINGER_MS; every other
 ClickHouse takes once a second) from a second producer after LAG_LINGER_MS, in fewer, larger
 record batches. Each topic always goes through the same producer, so its order is kept. On
 the embedded broker fewer batches matter twice: every produce request costs, and its reads
-cost more with every batch a partition holds (docs/performance.md). `twin bench`, 60 s latency
-phases at 20,000 readings/s, alternating: the broker's CPU in the last 10 s 53-59% of a core
-against 71-81%, state p99 229-310 ms against 265-402 ms. A send that must be confirmed
-at once (`lag=False`: after a backlog's batch the worker waits for its outputs) makes the
-lagging producer send what it holds without waiting for its linger.
+cost more with every batch a partition holds (docs/performance.md). `twin bench`, 60 s
+latency phases at 20,000 readings/s, alternating: the broker's CPU in the last 10 s 57-60% of
+a core against 71-81%, state p99 234-378 ms against 265-402 ms (5 runs each). A send that
+must be confirmed at once (`lag=False`: after a backlog's batch the worker waits for its
+outputs) makes the lagging producer send what it holds without waiting for its linger.
 """
 
 from __future__ import annotations
