@@ -46,6 +46,9 @@ from topologies.processor import Output
 LINGER_MS = 5
 #: The linger of outputs no one acts on the moment they arrive (see the module doc).
 LAG_LINGER_MS = 100
+#: How long a send to be confirmed at once lets the lagging producer send without its linger
+#: (flush returns as soon as the broker has confirmed everything).
+FLUSH_WAIT_S = 10.0
 BATCH_BYTES = 1024 * 1024
 POLL_S = 0.05
 QUEUE_FULL_WAIT_S = 0.005
@@ -135,9 +138,9 @@ class OutputSender:
                 except BufferError:  # librdkafka's queue is full: let it drain
                     await asyncio.sleep(QUEUE_FULL_WAIT_S)
         if not lag and self._lagging is not None and len(self._lagging):
-            # flush() sends without waiting for the linger while it runs; it returns once
-            # the broker has confirmed (or after a linger's time: what it sent stays sent).
-            await loop.run_in_executor(None, self._lagging.flush, LAG_LINGER_MS / 1000)
+            # flush() sends without waiting for the linger, but only while it runs: it must
+            # run until the broker has confirmed (a new producer first gets its producer id).
+            await loop.run_in_executor(None, self._lagging.flush, FLUSH_WAIT_S)
         await done
 
     def close(self, timeout_s: float = 10.0) -> int:
