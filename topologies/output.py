@@ -73,7 +73,7 @@ class OutputSender:
         conf: dict[str, Any] = {"linger.ms": LINGER_MS, "batch.size": BATCH_BYTES}
         conf.update(overrides)
         self._producer = producer(settings, **conf)
-        self._urgent = frozenset(urgent) if urgent is not None else None
+        self._urgent = frozenset(urgent or ())
         self._lagging = (
             producer(settings, **{**conf, "linger.ms": lag_linger_ms})
             if urgent is not None
@@ -94,9 +94,10 @@ class OutputSender:
             source.poll(POLL_S)
 
     def _producer_of(self, topic: str) -> Producer:
-        if self._lagging is None or topic in self._urgent:  # type: ignore[operator]
+        lagging = self._lagging
+        if lagging is None or topic in self._urgent:
             return self._producer
-        return self._lagging
+        return lagging
 
     async def send(self, outputs: Sequence[Output], lag: bool = True) -> None:
         """Produce every output; return once the broker has acknowledged all of them.
