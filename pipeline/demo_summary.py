@@ -7,7 +7,10 @@ row of `readings` or inside a frame the validator dead-lettered (the dead letter
 frame's bytes, decoded here to count its readings, by reason).
 
 Latency: for each record on twin.state, its Kafka timestamp (when the worker produced the
-estimate) minus the ingest time of its source frame (when the connector produced it).
+estimate) minus the ingest time of its source frame (when the connector produced it). The
+connectors start before the worker has joined its consumer group, so the first frames wait
+for it: the latency is also given over the frames ingested once the worker's first state
+record was out ("live"), with how long into the run that was.
 
 Estimate quality: for every gauge reading that has both a stored raw value and a measured
 state estimate at the same event time, the error of each against the simulator's true value
@@ -147,17 +150,34 @@ class Latency:
     p50_ms: float | None = None
     p99_ms: float | None = None
     samples: int = 0
+    live_p50_ms: float | None = None
+    live_p99_ms: float | None = None
+    live_samples: int = 0
+    """Over the frames ingested once the worker's first state record was out."""
+    first_output_s: float | None = None
+    """When the worker's first state record was out, seconds after the run began."""
 
 
 def state_latency(settings: Settings, site: Site, since: datetime) -> Latency:
-    delays = [
-        (item.appended - item.record["ingest_ts"]).total_seconds() * 1000
-        for item in read_all(settings, site.topic("twin.state"), since)
-    ]
-    if not delays:
+    records = read_all(settings, site.topic("twin.state"), since)
+    return latency_of([(item.appended, item.record["ingest_ts"]) for item in records], since)
+
+
+def latency_of(outputs: list[tuple[datetime, datetime]], since: datetime) -> Latency:
+    """The latency of (appended, ingest time of its frame) pairs; see the module doc."""
+    if not outputs:
         return Latency()
-    p50, p99 = np.percentile(np.array(delays), [50, 99])
-    return Latency(round(float(p50), 1), round(float(p99), 1), len(delays))
+    first = min(appended for appended, _ in outputs)
+    delays = np.array([(a - i).total_seconds() * 1000 for a, i in outputs])
+    live = np.array([i >= first for _, i in outputs])
+    p50, p99 = np.percentile(delays, [50, 99])
+    out = Latency(round(float(p50), 1), round(float(p99), 1), len(delays))
+    out.first_output_s = round((first - since).total_seconds(), 1)
+    if live.any():
+        live_p50, live_p99 = np.percentile(delays[live], [50, 99])
+        out.live_p50_ms, out.live_p99_ms = round(float(live_p50), 1), round(float(live_p99), 1)
+        out.live_samples = int(live.sum())
+    return out
 
 
 Key = tuple[str, str]

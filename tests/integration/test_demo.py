@@ -52,6 +52,10 @@ def test_demo_runs_the_whole_pipeline_and_accounts_for_every_reading(tmp_path: P
     assert report["estimate_points"] > 1000
     assert report["estimate_rmse_ratio"] < 1
     assert 0 < report["latency_p50_ms"] <= report["latency_p99_ms"]
+    # The frames ingested once the worker was running, and when that began.
+    assert 0 < report["latency_live_samples"] <= report["latency_samples"]
+    assert 0 < report["latency_live_p50_ms"] <= report["latency_live_p99_ms"]
+    assert report["worker_first_output_s"] > 0
     # One state record per frame that passed validation.
     assert report["latency_samples"] == report["frames_published"] - report["frames_dead_lettered"]
     assert report["sink"]["lag"] == 0
