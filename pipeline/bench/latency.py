@@ -218,19 +218,15 @@ def latency_slices(arrivals: list[Arrival], slice_s: float) -> list[dict[str, An
     if not arrivals:
         return []
     since = np.array([a.since for a in arrivals])
-    delays = np.array([a.received for a in arrivals]) - since
-    index = ((since - since.min()) // slice_s).astype(np.int64)
+    index = ((since - since.min()) // slice_s).astype(np.int64).tolist()
+    groups: dict[int, list[Arrival]] = {}
+    for k, arrival in zip(index, arrivals, strict=True):
+        groups.setdefault(k, []).append(arrival)
     slices = []
-    for k in np.unique(index).tolist():
-        part = delays[index == k] * 1000
-        p50, p99 = np.percentile(part, [50, 99])
+    for k in sorted(groups):
+        p50, p99, _, samples = _percentiles(groups[k])
         slices.append(
-            {
-                "start_s": round(k * slice_s, 3),
-                "p50_ms": round(float(p50), 1),
-                "p99_ms": round(float(p99), 1),
-                "samples": len(part),
-            }
+            {"start_s": round(k * slice_s, 3), "p50_ms": p50, "p99_ms": p99, "samples": samples}
         )
     return slices
 

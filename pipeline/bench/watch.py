@@ -130,8 +130,6 @@ class AlertSeen:
     asset_id: str
     ts_us: int
     """The event time of the reading that changed the alert."""
-    rule_id: str
-    event: str
 
 
 @dataclass
@@ -240,8 +238,7 @@ class OutputWatcher:
             if self.latency_since is not None:
                 record = self._decode(message.value())
                 if record is not None and record["ts"].timestamp() >= self.latency_since:
-                    seen = AlertSeen(received, record["asset_id"], to_micros(record["ts"]),
-                                     record["rule_id"], record["event"])  # fmt: skip
+                    seen = AlertSeen(received, record["asset_id"], to_micros(record["ts"]))
                     counts.alerts_seen.append(seen)
 
     def _decode(self, value: bytes | None) -> dict[str, Any] | None:

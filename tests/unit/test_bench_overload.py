@@ -173,8 +173,7 @@ def test_the_stages_raise_the_overload_alert_at_the_first_overloaded_frame(
                     raised.append((k, alert))
     assert [(k, a["event"]) for k, a in raised][:1] == [(3, "RAISED")]
     assert [a["event"] for _, a in raised].count("RAISED") == 1
-    seen = [AlertSeen(0.0, "m-0001", to_micros(a["ts"]), a["rule_id"], a["event"])
-            for _, a in raised]  # fmt: skip
+    seen = [AlertSeen(0.0, "m-0001", to_micros(a["ts"])) for _, a in raised]
     arrivals, unmatched = alert_arrivals(seen, sent.by_asset())
     assert unmatched == 0
     assert [a.since for a in arrivals][:1] == [records[3]["ingest_ts"].timestamp()]
@@ -193,8 +192,7 @@ def test_alerts_are_matched_to_the_first_frame_at_or_after_their_time() -> None:
     }
 
     def seen(asset: str, ts_s: float) -> AlertSeen:
-        return AlertSeen(received=30.0, asset_id=asset, ts_us=round(ts_s * second),
-                         rule_id="r", event="RAISED")  # fmt: skip
+        return AlertSeen(received=30.0, asset_id=asset, ts_us=round(ts_s * second))
 
     alerts = [
         seen("a", 13.6),  # a reading of the frame sent at 14 s
