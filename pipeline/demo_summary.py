@@ -170,14 +170,17 @@ def latency_of(outputs: list[tuple[datetime, datetime]], since: datetime) -> Lat
     first = min(appended for appended, _ in outputs)
     delays = np.array([(a - i).total_seconds() * 1000 for a, i in outputs])
     live = np.array([i >= first for _, i in outputs])
-    p50, p99 = np.percentile(delays, [50, 99])
-    out = Latency(round(float(p50), 1), round(float(p99), 1), len(delays))
+    out = Latency(*_p50_p99(delays), len(delays))
     out.first_output_s = round((first - since).total_seconds(), 1)
     if live.any():
-        live_p50, live_p99 = np.percentile(delays[live], [50, 99])
-        out.live_p50_ms, out.live_p99_ms = round(float(live_p50), 1), round(float(live_p99), 1)
+        out.live_p50_ms, out.live_p99_ms = _p50_p99(delays[live])
         out.live_samples = int(live.sum())
     return out
+
+
+def _p50_p99(delays_ms: np.ndarray) -> tuple[float, float]:
+    p50, p99 = np.percentile(delays_ms, [50, 99])
+    return round(float(p50), 1), round(float(p99), 1)
 
 
 Key = tuple[str, str]

@@ -206,17 +206,18 @@ def build_app(settings: Settings, site: Site, web_port: int | None = None) -> fa
                     )  # fmt: skip
                     raise
                 took = time.perf_counter() - started
-                pacer.batch(took, backlog=len(batch) >= PIPELINE_BELOW)
+                backlog = len(batch) >= PIPELINE_BELOW
+                pacer.batch(took, backlog=backlog)
                 stage_metrics.observe(processor, result, took, len(batch))
-                publish(result, backlog=len(batch) >= PIPELINE_BELOW)
+                publish(result, backlog=backlog)
                 # take_events acknowledges the batch when this iteration ends; one more
                 # reference holds each event back until the writer has written its state.
                 for event in events:
                     event.message.incref()
-                pending.add(result.touched, events, backlog=len(batch) >= PIPELINE_BELOW)
+                pending.add(result.touched, events, backlog=backlog)
                 if pending.due():
                     state_due.set()
-            await in_flight.settle(MAX_IN_FLIGHT if len(batch) < PIPELINE_BELOW else 0)
+            await in_flight.settle(0 if backlog else MAX_IN_FLIGHT)
             log.debug(
                 "batch: %d messages, %d frames, %d readings, %d dead letters",
                 len(batch),

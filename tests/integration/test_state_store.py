@@ -4,25 +4,15 @@ watermark then falls short of the end)."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.kafka.broker import EmbeddedBroker
 from pipeline.settings import Settings
+from tests.integration.kafka_support import new_topic
 from topologies.state_store import StateStore, StateStoreError
 
 pytestmark = pytest.mark.integration
-
-
-def new_topic(broker: EmbeddedBroker, partitions: int = 2) -> str:
-    name = f"state-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    for future in admin.create_topics([NewTopic(name, partitions, 1)]).values():
-        future.result(15)
-    return name
 
 
 def write(broker: EmbeddedBroker, topic: str, messages: list[tuple[bytes, bytes | None]]) -> dict:
@@ -50,7 +40,7 @@ def write(broker: EmbeddedBroker, topic: str, messages: list[tuple[bytes, bytes 
 def test_load_reads_every_latest_value_of_the_assigned_partitions(
     broker: EmbeddedBroker,
 ) -> None:
-    topic = new_topic(broker)
+    topic = new_topic(broker, "state", partitions=2)
     keys = [f"asset-{i:02d}".encode() for i in range(12)]
     write(broker, topic, [(k, b"old " + k) for k in keys])
     where = write(broker, topic, [(k, b"new " + k) for k in keys[:8]] + [(keys[0], None)])

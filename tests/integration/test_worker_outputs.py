@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 from pipeline.kafka.broker import EmbeddedBroker
 from pipeline.settings import Settings
+from tests.integration.kafka_support import new_topic
 from topologies.output import OutputSender
 from topologies.processor import Output
 
@@ -19,12 +19,6 @@ pytestmark = pytest.mark.integration
 
 FOREVER_MS = 120_000
 """A linger no test waits out: what goes out before it was sent on purpose."""
-
-
-def new_topics(broker: EmbeddedBroker, *names: str) -> None:
-    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
-    for future in admin.create_topics([NewTopic(n, 1, 1) for n in names]).values():
-        future.result(15)
 
 
 def read_all(broker: EmbeddedBroker, topic: str, count: int) -> list[bytes]:
@@ -47,8 +41,7 @@ def read_all(broker: EmbeddedBroker, topic: str, count: int) -> list[bytes]:
 def test_lagging_outputs_go_out_with_their_linger_or_when_a_send_must_be_confirmed(
     broker: EmbeddedBroker,
 ) -> None:
-    urgent, lagging = (f"out-{kind}-{uuid.uuid4().hex[:8]}" for kind in ("urgent", "lagging"))
-    new_topics(broker, urgent, lagging)
+    urgent, lagging = new_topic(broker, "out-urgent"), new_topic(broker, "out-lagging")
     sender = OutputSender(
         Settings(kafka_bootstrap=broker.bootstrap), urgent={urgent}, lag_linger_ms=FOREVER_MS
     )
